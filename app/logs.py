@@ -1,0 +1,148 @@
+"""JSON-lines logging with card numbers masked, and the warnings printed at startup.
+
+Every record, ours or a library's (uvicorn included), goes through one formatter on the root
+logger. Masking runs on the whole formatted line, exception text included, so a card number
+never reaches the log whatever logged it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+from datetime import UTC, datetime
+from typing import IO, Any
+
+from app.config import Settings
+
+# 13-19 digits, optionally separated by single spaces or dashes. Not part of a longer word
+# (a CallSid's hex) and not the fraction of a decimal number (0.30000000000000004).
+PAN = re.compile(r"(?<![0-9A-Za-z])(?<![0-9]\.)(?:[0-9][ -]?){12,18}[0-9](?![0-9A-Za-z])")
+
+FIELDS = (
+    "timestamp",
+    "level",
+    "logger",
+    "event",
+    "call_sid",
+    "from_number",
+    "to_number",
+    "message",
+)
+_RESERVED = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
+    "message",
+    "asctime",
+    "color_message",  # uvicorn's ANSI-coloured copy of the message
+}
+# Integers this large could be card numbers: written as strings so masking keeps the JSON valid.
+_BIG = 10**12
+
+
+def mask_card_numbers(text: str) -> str:
+    """Replace each card number by asterisks, keeping its last four digits: ************1234."""
+
+    def _mask(match: re.Match[str]) -> str:
+        digits = re.sub(r"[ -]", "", match.group())
+        return "*" * (len(digits) - 4) + digits[-4:]
+
+    return PAN.sub(_mask, text)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: the fixed fields, then any `extra=` the caller passed."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "timestamp": datetime.fromtimestamp(record.created, UTC).isoformat(
+                timespec="milliseconds"
+            ),
+            "level": record.levelname,
+            "logger": record.name,
+            "event": None,
+            "call_sid": None,
+            "from_number": None,
+            "to_number": None,
+            "message": record.getMessage(),
+        }
+        for key, value in record.__dict__.items():
+            if key not in _RESERVED and not key.startswith("_"):
+                entry[key] = _json_safe(value)
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            entry["exception"] = record.exc_text
+        if record.stack_info:
+            entry["stack"] = self.formatStack(record.stack_info)
+        return mask_card_numbers(json.dumps(entry, ensure_ascii=False, default=str))
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)):
+        return str(value) if abs(value) >= _BIG else value
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return str(value)
+
+
+class _GatewayHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Marks the handler we installed, so reconfiguring replaces it and leaves others alone."""
+
+
+def configure_logging(settings: Settings, stream: IO[str] | None = None) -> logging.Handler:
+    """Install the JSON formatter on the root logger (idempotent); uvicorn's loggers use it too."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, _GatewayHandler):
+            root.removeHandler(handler)
+    handler = _GatewayHandler(stream or sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    root.addHandler(handler)
+    root.setLevel("DEBUG" if settings.server.debug else settings.logging.level)
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        uvicorn_logger = logging.getLogger(name)
+        uvicorn_logger.handlers.clear()
+        uvicorn_logger.propagate = True
+        uvicorn_logger.setLevel(logging.NOTSET)
+    # httpx logs every request at INFO (each Rasa turn): only worth it when debugging.
+    logging.getLogger("httpx").setLevel(
+        logging.NOTSET if settings.server.debug else logging.WARNING
+    )
+    return handler
+
+
+def startup_warnings(settings: Settings) -> list[str]:
+    """Settings that work but are dangerous or surprising, in words an operator acts on."""
+    warnings = []
+    if not settings.twilio.validate_signatures:
+        warnings.append(
+            "SECURITY: twilio.validate_signatures is false: Twilio signatures are NOT checked and "
+            "anyone can forge webhook and websocket requests. Never run like this in production."
+        )
+    elif not settings.twilio.auth_token:
+        warnings.append(
+            "twilio.auth_token (TWILIO_AUTH_TOKEN) is empty: every webhook and websocket request "
+            "will be refused with 403 until it is set."
+        )
+    if not settings.twilio.fallback_phone_number:
+        warnings.append(
+            "twilio.fallback_phone_number is empty: callers cannot be transferred to an agent; "
+            "they hear the no-answer prompt and the call ends."
+        )
+    if not settings.server.public_url:
+        warnings.append(
+            "server.public_url is empty: URLs are derived from each request, so signatures fail "
+            "behind a TLS-terminating proxy. Set it to the https URL Twilio calls."
+        )
+    if settings.stt.engine == "pocketsphinx":
+        warnings.append(
+            "stt.engine is pocketsphinx: no registry package ships a Spanish recognition model, "
+            "so the offline STT recognizes English only (language.code is "
+            f"{settings.language.code}). For Spanish callers use stt.engine=google or "
+            "server.mode=gather."
+        )
+    return warnings

@@ -1,0 +1,176 @@
+"""The media websocket (`/webhook/twilio/stream`): a thin loop from Twilio's frames to a session.
+
+Per frame this does only `receive`, `StreamState.parse` and `CallSession.on_media`, all inline:
+no thread hop, task, log line or metric label lookup per frame (DESIGN.md performance facts).
+Invalid frames are logged (the first few per call), counted, and skipped; the call goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from starlette.routing import WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketState
+
+from app import security
+from app.config import Settings
+from app.gateway import Gateway
+from app.prompts import greeting_text
+from streaming import metrics
+from streaming.protocol import Dtmf, Mark, Media, ProtocolError, Start, Stop, StreamState
+from streaming.session import CallSession, SessionConfig
+
+logger = logging.getLogger("app.media")
+
+STREAM_PATH = "/webhook/twilio/stream"
+LOGGED_REJECTIONS = 10  # per call; the rest are only counted, so garbage cannot flood the logs
+START_TIMEOUT_SECONDS = 10.0  # Twilio sends `start` at once; a silent socket is not kept open
+POLICY_VIOLATION = 1008
+
+
+def session_config(settings: Settings) -> SessionConfig:
+    """The session's view of the settings; the greeting depends on the time of the call."""
+    call, prompts = settings.call, settings.prompts
+    return SessionConfig(
+        language=settings.language.code,
+        greeting=greeting_text(settings),
+        reprompt=prompts.reprompt,
+        apology=prompts.apology,
+        goodbye=prompts.goodbye,
+        no_input_seconds=call.no_input_seconds,
+        max_reprompts=call.max_reprompts,
+        barge_in_min_speech_ms=call.barge_in_min_speech_ms,
+        dtmf_timeout_seconds=call.dtmf_timeout_seconds,
+        dtmf_finish_key=call.dtmf_finish_key,
+        outbound_chunk_ms=call.outbound_chunk_ms,
+        vad_threshold=settings.vad.energy_threshold,
+        vad_hangover_ms=settings.vad.hangover_ms,
+    )
+
+
+async def endpoint(websocket: WebSocket) -> None:
+    gateway: Gateway = websocket.app.state.gateway
+    # The signature is checked on the upgrade request, before anything is read from the socket.
+    # Accepting first lets the refusal be a websocket close code (1008) rather than a bare 403.
+    if not security.verify(websocket, gateway.settings):
+        await websocket.accept()
+        await websocket.close(POLICY_VIOLATION, "invalid X-Twilio-Signature")
+        return
+    await websocket.accept()
+    stream = _Stream(websocket, gateway)
+    try:
+        await stream.run()
+    finally:
+        await stream.aclose()
+
+
+class _Stream:
+    """One websocket's lifetime: before `start`, the call's session, and the cleanup."""
+
+    def __init__(self, websocket: WebSocket, gateway: Gateway) -> None:
+        self.websocket = websocket
+        self.gateway = gateway
+        self.state = StreamState()
+        self.session: CallSession | None = None
+        self.call_sid: str | None = None
+        self.rejected = 0
+        self._watcher: asyncio.Task[None] | None = None
+
+    async def run(self) -> None:
+        receive, parse = self.websocket.receive, self.state.parse
+        session: CallSession | None = None
+        try:
+            async with asyncio.timeout(START_TIMEOUT_SECONDS) as before_start:
+                while True:
+                    message = await receive()
+                    text = message.get("text")
+                    if text is None:
+                        if message["type"] == "websocket.disconnect":
+                            return
+                        text = message.get("bytes") or b""  # a binary frame: parse rejects it
+                    try:
+                        event = parse(text)
+                    except ProtocolError as exc:
+                        self._reject(exc)
+                        continue
+                    kind = type(event)
+                    if kind is Media:
+                        session.on_media(event.payload)  # type: ignore[union-attr]  # start came first
+                    elif kind is Mark:
+                        session.on_mark(event.name)  # type: ignore[union-attr]
+                    elif kind is Dtmf:
+                        session.on_dtmf(event.digit)  # type: ignore[union-attr]
+                    elif kind is Start:
+                        session = await self._open(event)  # type: ignore[arg-type]
+                        before_start.reschedule(None)
+                    elif kind is Stop:
+                        session.on_stop()  # type: ignore[union-attr]
+                        return
+        except TimeoutError:
+            logger.warning("no start event within %g s", START_TIMEOUT_SECONDS, extra={
+                "event": "stream_start_timeout", "call_sid": None})
+        except Exception:
+            logger.exception("media stream failed", extra={
+                "event": "stream_failed", "call_sid": self.call_sid})
+
+    async def _open(self, start: Start) -> CallSession:
+        gateway, call = self.gateway, start.call
+        self.call_sid = call.call_sid
+        # Without server.public_url, the URLs given to Twilio (Gather redirect, <Dial> action)
+        # are built on the base URL this websocket was reached at.
+        control = gateway.call_control.for_base_url(str(self.websocket.base_url))
+        session = CallSession(
+            call, self.websocket.send_text,
+            stt=gateway.stt, tts=gateway.tts, bot=gateway.rasa, control=control,
+            config=session_config(gateway.settings),
+        )
+        self.session = session
+        gateway.calls[call.call_sid] = session
+        await session.start()
+        # The session may end the call itself (call-control failure, Twilio never stopping the
+        # stream after a transfer): then the socket is closed, and Twilio runs the TwiML that
+        # follows <Connect> (the fallback).
+        self._watcher = asyncio.create_task(self._close_when_finished(session),
+                                            name=f"stream-watcher:{call.call_sid}")
+        return session
+
+    async def _close_when_finished(self, session: CallSession) -> None:
+        await session.finished.wait()
+        await self._close_socket(1000)
+
+    def _reject(self, exc: ProtocolError) -> None:
+        self.rejected += 1
+        metrics.FRAMES_REJECTED[exc.reason].inc()
+        if self.rejected <= LOGGED_REJECTIONS:
+            logger.warning("websocket message rejected: %s", exc.detail, extra={
+                "event": "frame_rejected", "call_sid": self.call_sid, "reason": exc.reason})
+
+    async def aclose(self) -> None:
+        """Stop the session's tasks, unregister the call, close the socket. Never raises."""
+        if self._watcher is not None:
+            self._watcher.cancel()
+            await asyncio.gather(self._watcher, return_exceptions=True)
+        session, gateway = self.session, self.gateway
+        if session is not None:
+            await session.aclose()
+            if gateway.calls.get(session.call.call_sid) is session:
+                del gateway.calls[session.call.call_sid]
+            if gateway.draining and not gateway.calls:
+                gateway.idle.set()
+        if self.rejected > LOGGED_REJECTIONS:
+            logger.warning("%d websocket messages rejected in this call", self.rejected, extra={
+                "event": "frames_rejected", "call_sid": self.call_sid, "count": self.rejected})
+        await self._close_socket(1000)
+
+    async def _close_socket(self, code: int) -> None:
+        websocket = self.websocket
+        if (websocket.application_state is WebSocketState.CONNECTED
+                and websocket.client_state is not WebSocketState.DISCONNECTED):
+            try:
+                await websocket.close(code)
+            except Exception:  # the peer is already gone
+                pass
+
+
+routes = [WebSocketRoute(STREAM_PATH, endpoint)]

@@ -1,0 +1,162 @@
+"""Every TwiML document the gateway answers with, built by twilio's VoiceResponse.
+
+Pure functions: settings and absolute URLs in, XML text out. The no-input count of the Gather path
+travels in the action URL (`?noinput=N`) so any instance can answer the next turn.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from twilio.twiml.voice_response import Gather, VoiceResponse
+
+from app.config import Settings
+from streaming.actions import Action, CollectDigits, HangUp, Speak, Transfer
+
+VOICE_PATH = "/webhook/twilio/voice"
+SPEECH_PATH = "/webhook/twilio/speech"
+FALLBACK_PATH = "/webhook/twilio/fallback"
+STATUS_PATH = "/webhook/twilio/status"
+STREAM_PATH = "/webhook/twilio/stream"
+
+
+@dataclass(frozen=True, slots=True)
+class Urls:
+    """This gateway's absolute URLs as Twilio reaches it, from one base like https://host."""
+
+    base: str
+
+    def speech(self, no_input: int = 0) -> str:
+        return f"{self.base}{SPEECH_PATH}?noinput={no_input}"
+
+    @property
+    def fallback(self) -> str:
+        return f"{self.base}{FALLBACK_PATH}"
+
+    @property
+    def dialed(self) -> str:
+        return f"{self.base}{FALLBACK_PATH}?dialed=1"
+
+    @property
+    def stream(self) -> str:
+        parts = urlsplit(self.base)
+        scheme = "wss" if parts.scheme == "https" else "ws"
+        return f"{scheme}://{parts.netloc}{parts.path}{STREAM_PATH}"
+
+
+def connect_stream(
+    settings: Settings, urls: Urls, call_sid: str, from_number: str, to_number: str
+) -> str:
+    """Bridge the call to our websocket; when the stream ends without a hang-up, go to fallback."""
+    response = VoiceResponse()
+    connect = response.connect()
+    stream = connect.stream(url=urls.stream)
+    stream.parameter(name="callSid", value=call_sid)
+    stream.parameter(name="from", value=from_number)
+    stream.parameter(name="to", value=to_number)
+    response.redirect(urls.fallback, method="POST")
+    return str(response)
+
+
+def gather(
+    settings: Settings,
+    urls: Urls,
+    says: Sequence[str] = (),
+    no_input: int = 0,
+    digits: CollectDigits | None = None,
+) -> str:
+    """Speak `says` while listening; silence falls through to the speech URL with the count."""
+    response = VoiceResponse()
+    response.append(_gather(settings, urls, says, no_input, digits))
+    response.redirect(urls.speech(no_input), method="POST")
+    return str(response)
+
+
+def reply(settings: Settings, urls: Urls, actions: Sequence[Action]) -> str:
+    """A bot turn: every Speak is said; the first control action decides what follows them."""
+    says = [action.text for action in actions if isinstance(action, Speak)]
+    control = next((action for action in actions if not isinstance(action, Speak)), None)
+    if isinstance(control, Transfer):
+        return transfer(settings, urls, says or [settings.prompts.transfer], control.number)
+    if isinstance(control, HangUp):
+        response = VoiceResponse()
+        _say_all(response, settings, says)
+        response.hangup()
+        return str(response)
+    if isinstance(control, CollectDigits):
+        return gather(settings, urls, says, digits=control)
+    return gather(settings, urls, says)
+
+
+def transfer(settings: Settings, urls: Urls, says: Sequence[str], number: str | None = None) -> str:
+    """Say `says`, then dial the agent; with no number to dial, say no_answer and hang up."""
+    response = VoiceResponse()
+    _say_all(response, settings, says)
+    number = number or settings.twilio.fallback_phone_number
+    if not number:
+        _say_all(response, settings, [settings.prompts.no_answer])
+        response.hangup()
+        return str(response)
+    dial = response.dial(
+        timeout=settings.twilio.dial_timeout_seconds, action=urls.dialed, method="POST"
+    )
+    if number.startswith("sip:"):
+        dial.sip(number)
+    else:
+        dial.number(number)
+    return str(response)
+
+
+def after_dial(settings: Settings, dial_status: str) -> str:
+    """End of the agent call: a completed call just ends; otherwise nobody answered."""
+    response = VoiceResponse()
+    if dial_status != "completed":
+        _say_all(response, settings, [settings.prompts.no_answer])
+    response.hangup()
+    return str(response)
+
+
+def empty() -> str:
+    """An empty <Response/>: status callbacks need a 200, Twilio ignores the body."""
+    return str(VoiceResponse())
+
+
+def _gather(
+    settings: Settings,
+    urls: Urls,
+    says: Sequence[str],
+    no_input: int,
+    digits: CollectDigits | None,
+) -> Gather:
+    action = urls.speech(no_input)
+    if digits is None:
+        verb = Gather(
+            input="speech dtmf",
+            action=action,
+            method="POST",
+            language=settings.language.code,
+            speech_model=settings.gather.speech_model,
+            enhanced=settings.gather.enhanced,
+            speech_timeout=settings.gather.speech_timeout,
+            timeout=settings.gather.timeout_seconds,
+        )
+    else:
+        timeout = digits.timeout_seconds or settings.gather.timeout_seconds
+        verb = Gather(
+            input="dtmf",
+            action=action,
+            method="POST",
+            num_digits=digits.max_digits,
+            finish_on_key=digits.finish_on_key,
+            timeout=math.ceil(timeout),
+        )
+    _say_all(verb, settings, says)
+    return verb
+
+
+def _say_all(parent: VoiceResponse | Gather, settings: Settings, says: Sequence[str]) -> None:
+    for text in says:
+        parent.say(text, language=settings.language.code, voice=settings.language.say_voice or None)

@@ -1,0 +1,93 @@
+"""What a bot reply asks the gateway to do: the Rasa custom payloads, parsed once for both paths.
+
+The stream path (CallSession) and the Gather path (TwiML) read the same `Action`s, so the bot team
+writes one set of payloads (documented in README.md):
+
+    {"custom": {"action": "transfer", "number": "+34911234567"}}   # number optional
+    {"custom": {"action": "hangup"}}
+    {"custom": {"action": "collect_dtmf", "max_digits": 16, "finish_on_key": "#",
+                "timeout_seconds": 5}}
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from streaming.ports import BotMessage
+
+logger = logging.getLogger("streaming.actions")
+
+_PHONE = re.compile(r"^\+?[0-9]{3,15}$|^sip:[^\s<>\"]+$")
+
+
+@dataclass(frozen=True, slots=True)
+class Speak:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Transfer:
+    number: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HangUp:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class CollectDigits:
+    max_digits: int | None = None
+    finish_on_key: str = "#"
+    timeout_seconds: float | None = None
+
+
+Action = Speak | Transfer | HangUp | CollectDigits
+
+
+def parse_actions(messages: Iterable[BotMessage]) -> list[Action]:
+    """Turn bot messages into actions in order. Unknown or invalid payloads are logged and skipped."""
+    actions: list[Action] = []
+    for message in messages:
+        if message.text and message.text.strip():
+            actions.append(Speak(message.text.strip()))
+        if message.custom is not None:
+            action = _parse_custom(message.custom)
+            if action is not None:
+                actions.append(action)
+    return actions
+
+
+def _parse_custom(payload: Mapping[str, Any]) -> Action | None:
+    kind = payload.get("action")
+    if kind == "transfer":
+        number = payload.get("number")
+        if number is None:
+            return Transfer()
+        if isinstance(number, str) and _PHONE.match(number.strip()):
+            return Transfer(number.strip())
+        logger.warning("transfer payload with an invalid number ignored; using the default",
+                       extra={"event": "bot_payload_invalid"})
+        return Transfer()
+    if kind == "hangup":
+        return HangUp()
+    if kind == "collect_dtmf":
+        max_digits = payload.get("max_digits")
+        finish = payload.get("finish_on_key", "#")
+        timeout = payload.get("timeout_seconds")
+        valid = (
+            (max_digits is None or (isinstance(max_digits, int) and 1 <= max_digits <= 64))
+            and isinstance(finish, str) and len(finish) <= 1 and all(c in "0123456789*#" for c in finish)
+            and (timeout is None or (isinstance(timeout, (int, float)) and 0 < timeout <= 60))
+        )
+        if valid:
+            return CollectDigits(max_digits, finish, None if timeout is None else float(timeout))
+        logger.warning("collect_dtmf payload with invalid fields ignored",
+                       extra={"event": "bot_payload_invalid"})
+        return None
+    logger.warning("unknown custom payload ignored", extra={"event": "bot_payload_unknown"})
+    return None

@@ -1,0 +1,57 @@
+"""Prometheus metrics of the streamed-call pipeline (default registry, served by GET /metrics).
+
+Labelled metrics are bound to their children here, once: a `.labels()` lookup takes a lock and a
+dict lookup, too much for a path that runs per frame or per chunk.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from streaming.protocol import REASONS
+
+_PREFIX = "gateway_stream_"
+
+ACTIVE_CALLS = Gauge(f"{_PREFIX}active_calls", "Calls with a live media stream in this process.")
+CALLS = Counter(f"{_PREFIX}calls", "Media streams that reached `start`.")
+MEDIA_FRAMES = Counter(f"{_PREFIX}media_frames", "Inbound media frames handled (added per call).")
+STT_AUDIO_DROPPED = Counter(
+    f"{_PREFIX}stt_audio_dropped",
+    "100 ms audio batches dropped because the recognizer fell behind.",
+)
+TURNS = Counter(f"{_PREFIX}turns", "Caller turns (speech or DTMF) sent to the bot.")
+BARGE_INS = Counter(f"{_PREFIX}barge_ins", "Replies interrupted by the caller (audio cleared).")
+NO_INPUT = Counter(f"{_PREFIX}no_input", "Silences that led to a reprompt or a transfer.")
+BOT_ERRORS = Counter(f"{_PREFIX}bot_errors", "Bot requests that failed (apology, then transfer).")
+MARK_TIMEOUTS = Counter(f"{_PREFIX}mark_timeouts", "Playbacks whose last mark never came back.")
+
+_degradations = Counter(
+    f"{_PREFIX}degradations", "Calls moved to the Gather path because an engine failed.", ["reason"]
+)
+DEGRADATIONS = {reason: _degradations.labels(reason) for reason in ("stt", "tts")}
+
+_control_errors = Counter(
+    f"{_PREFIX}call_control_errors", "Transfer / hang-up / redirect requests Twilio refused.",
+    ["action"],
+)
+CALL_CONTROL_ERRORS = {a: _control_errors.labels(a)
+                       for a in ("transfer", "hang_up", "redirect_to_gather")}
+
+_frames_rejected = Counter(
+    f"{_PREFIX}frames_rejected", "Inbound websocket messages rejected as invalid.", ["reason"]
+)
+FRAMES_REJECTED = {reason: _frames_rejected.labels(reason) for reason in REASONS}
+
+_ended = Counter(f"{_PREFIX}calls_ended", "How streamed calls ended on the gateway's side.",
+                 ["how"])
+ENDED = {how: _ended.labels(how) for how in ("transfer", "hang_up", "redirect_to_gather")}
+
+TURN_LATENCY = Histogram(
+    f"{_PREFIX}turn_latency_seconds",
+    "Final transcript to first reply audio sent: bot time plus synthesis plus the gateway's own.",
+    buckets=(0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0),
+)
+BOT_LATENCY = Histogram(
+    f"{_PREFIX}bot_latency_seconds", "Time the bot took to answer a caller turn.",
+    buckets=(0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 4.0, 8.0),
+)

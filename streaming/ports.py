@@ -1,0 +1,104 @@
+"""The small interfaces the real-time core needs from the outside world.
+
+`app/` hands concrete objects (the httpx Rasa client, the twilio REST client, the configured
+engines) to each `CallSession`; nothing in `streaming/` knows about HTTP or configuration files.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class Transcript:
+    """A recognition result. Times are milliseconds of audio fed to the stream since it opened."""
+
+    text: str
+    is_final: bool
+    confidence: float | None = None
+    start_ms: int | None = None
+    end_ms: int | None = None
+
+
+class SpeechError(Exception):
+    """The recognizer failed and could not recover; the session degrades the call."""
+
+
+class SynthesisError(Exception):
+    """The synthesizer failed for this text; the session degrades the call."""
+
+
+class RecognitionStream(Protocol):
+    async def feed(self, mulaw: bytes) -> None:
+        """Queue 8 kHz mu-law audio. Cheap and never blocks the event loop."""
+
+    def results(self) -> AsyncIterator[Transcript]:
+        """Interim and final transcripts until `close`; raises SpeechError on failure."""
+
+    async def close(self) -> None:
+        """Stop recognizing and release what the stream holds. Idempotent."""
+
+
+class SpeechToText(Protocol):
+    name: str
+
+    def open(self, language: str) -> RecognitionStream: ...
+
+    async def aclose(self) -> None:
+        """Release what the engine shares between calls (thread pools, channels)."""
+
+
+class TextToSpeech(Protocol):
+    name: str
+
+    def synthesize(self, text: str, language: str) -> AsyncIterator[bytes]:
+        """Raw 8 kHz mu-law audio (no header) in chunks; raises SynthesisError on failure."""
+
+    async def aclose(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class BotMessage:
+    """One message of the bot's reply: text to speak and/or a custom action payload."""
+
+    text: str | None = None
+    custom: Mapping[str, Any] | None = None
+
+
+class BotError(Exception):
+    """The bot is unreachable, too slow, or answered something that is not a reply."""
+
+
+class Bot(Protocol):
+    async def send(
+        self, sender: str, message: str, metadata: Mapping[str, Any]
+    ) -> list[BotMessage]:
+        """Send the caller's message; raises BotError when no usable reply comes back."""
+
+
+class CallControlError(Exception):
+    """Twilio refused or could not be reached for a live-call update."""
+
+
+class CallControl(Protocol):
+    async def transfer(self, call_sid: str, number: str | None = None) -> None:
+        """Replace the call's stream with a <Dial> to an agent (default number when None)."""
+
+    async def hang_up(self, call_sid: str) -> None: ...
+
+    async def redirect_to_gather(self, call_sid: str) -> None:
+        """Move the live call to the Gather path: same CallSid, same Rasa conversation."""
+
+
+@dataclass(frozen=True, slots=True)
+class CallInfo:
+    """What the `start` event tells about the call."""
+
+    call_sid: str
+    stream_sid: str
+    account_sid: str = ""
+    from_number: str = ""
+    to_number: str = ""
+    custom_parameters: Mapping[str, str] = field(default_factory=dict)

@@ -1,0 +1,1 @@
+"""Speech-to-text engines behind `streaming.ports.SpeechToText`: Google, PocketSphinx, null."""

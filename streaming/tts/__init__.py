@@ -1,0 +1,1 @@
+"""Text-to-speech engines behind `streaming.ports.TextToSpeech`: Google, espeak-ng, null, cache."""

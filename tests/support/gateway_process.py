@@ -1,0 +1,192 @@
+"""`python -m app serve` as a real child process, for what needs real signals: drain and workers;
+and a live call held open against it.
+
+Null engines, a scripted Rasa bot in this process, Twilio's REST API on a dead loopback port
+(nothing may leave the machine), signatures checked with AUTH_TOKEN.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+import httpx
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from streaming.stt.null import MARKER
+from tests.support.rasa_bot import RasaBot
+from tests.support.servers import free_port, running
+from tests.support.twilio_sign import asigned_post, call_params, signed_headers
+from tests.support.twilio_stream import FRAME_BYTES, SILENT_FRAME, TwilioStream
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+AUTH_TOKEN = "process-test-auth-token"
+STREAM_PATH = "/webhook/twilio/stream"
+NULL_FINAL = MARKER.ljust(FRAME_BYTES, MARKER[:1])  # the null recognizer's "end of sentence"
+
+
+@dataclass
+class GatewayProcess:
+    process: subprocess.Popen[bytes]
+    url: str
+    bot: RasaBot
+    log: IO[bytes]
+
+    @property
+    def ws_url(self) -> str:
+        return self.url.replace("http://", "ws://") + STREAM_PATH
+
+    def signal(self, sig: int = signal.SIGTERM) -> None:
+        self.process.send_signal(sig)
+
+    def wait(self, timeout: float) -> int:
+        return self.process.wait(timeout)
+
+    async def voice(self, call_sid: str) -> str:
+        """The TwiML the voice webhook answers a new call with (signed like Twilio's)."""
+        async with httpx.AsyncClient(trust_env=False, timeout=10) as http:
+            response = await asigned_post(http, self.url + "/webhook/twilio/voice",
+                                          call_params(call_sid), token=AUTH_TOKEN)
+        response.raise_for_status()
+        return response.text
+
+    async def until_not_ready(self, timeout: float = 10) -> dict[str, object]:
+        """Poll GET /ready until it answers 503; then GET /health's body."""
+        deadline = time.monotonic() + timeout
+        async with httpx.AsyncClient(trust_env=False, timeout=5) as http:
+            while (await http.get(self.url + "/ready")).status_code != 503:
+                if time.monotonic() > deadline:
+                    raise AssertionError("/ready never answered 503")
+                await asyncio.sleep(0.05)
+            health = await http.get(self.url + "/health")
+        assert health.status_code == 200
+        return health.json()
+
+    def output(self) -> str:
+        """What the process has logged so far."""
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")
+
+
+@contextmanager
+def gateway_process(workers: int = 1, drain_timeout: float = 60,
+                    start_timeout: float = 60) -> Iterator[GatewayProcess]:
+    bot = RasaBot()
+    port = free_port()
+    with running(bot.app()) as rasa:
+        env = {
+            **os.environ,
+            "TWILIO_AUTH_TOKEN": AUTH_TOKEN, "TWILIO_ACCOUNT_SID": "AC" + "0" * 32,
+            "TWILIO_API_BASE_URL": "http://127.0.0.1:9", "RASA_URL": f"{rasa.url}/webhooks/rest/webhook",
+            "STT_ENGINE": "null", "TTS_ENGINE": "null", "SERVER_HOST": "127.0.0.1",
+            "SERVER_PUBLIC_URL": "", "SERVER_DRAIN_TIMEOUT_SECONDS": str(drain_timeout),
+            "LOGGING_LEVEL": "INFO",
+        }
+        with tempfile.TemporaryFile() as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "app", "serve", "--port", str(port),
+                 "--workers", str(workers)],
+                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            gateway = GatewayProcess(process, f"http://127.0.0.1:{port}", bot, log)
+            try:
+                _wait_healthy(gateway, start_timeout)
+                yield gateway
+            finally:
+                if process.poll() is None:  # a failed test: its workers go with its group
+                    os.killpg(process.pid, signal.SIGKILL)
+                    process.wait(10)
+
+
+def _wait_healthy(gateway: GatewayProcess, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        if gateway.process.poll() is not None:
+            raise RuntimeError(f"gateway exited at start:\n{gateway.output()}")
+        try:
+            if httpx.get(gateway.url + "/health", timeout=1, trust_env=False).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError("gateway did not become healthy")
+        time.sleep(0.1)
+
+
+class LiveCall:
+    """One Twilio media stream held open by a test: the gateway's marks are echoed at once (its
+    audio "plays" instantly), its media messages counted; `turn` makes the null recognizer hear
+    the caller finish a sentence."""
+
+    def __init__(self, ws: ClientConnection, twilio: TwilioStream) -> None:
+        self.ws, self.twilio = ws, twilio
+        self.media = 0
+        self.playing = False
+        self.last_message = time.monotonic()
+        self._receiver = asyncio.create_task(self._receive())
+
+    @classmethod
+    @asynccontextmanager
+    async def open(cls, gateway: GatewayProcess, call_sid: str) -> AsyncIterator[LiveCall]:
+        url = gateway.ws_url
+        async with connect(url, proxy=None, open_timeout=10,
+                           additional_headers=signed_headers(url, token=AUTH_TOKEN)) as ws:
+            twilio = TwilioStream(call_sid=call_sid, stream_sid="MZ" + call_sid[2:])
+            await ws.send(twilio.connected())
+            await ws.send(twilio.start())
+            call = cls(ws, twilio)
+            try:
+                yield call
+            finally:
+                call._receiver.cancel()
+                await asyncio.gather(call._receiver, return_exceptions=True)
+
+    async def _receive(self) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            async for data in self.ws:
+                self.last_message = time.monotonic()
+                message = json.loads(data)
+                if message["event"] == "media":
+                    self.media += 1
+                    self.playing = True
+                elif message["event"] == "mark":
+                    await self.ws.send(self.twilio.mark(message["mark"]["name"]))
+                    self.playing = False
+
+    async def _until(self, condition: Callable[[], bool], deadline: float, what: str) -> None:
+        while not condition():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out: {what}")
+            await asyncio.sleep(0.02)
+
+    async def turn(self, bot: RasaBot, timeout: float = 10) -> None:
+        """Once the bot has finished speaking, say something; wait until the bot got it and
+        its reply's audio came back."""
+        deadline = time.monotonic() + timeout
+        await self._until(lambda: self.media > 0 and not self.playing
+                          and time.monotonic() - self.last_message > 0.2, deadline,
+                          "the bot's audio to finish")
+        asked, heard = len(bot.requests), self.media
+        # The recognizer is fed 100 ms batches; a marker counts again only after a batch
+        # without one, as when audio streams on between two sentences.
+        for frame in [SILENT_FRAME] * 5 + [NULL_FINAL] + [SILENT_FRAME] * 5:
+            await self.ws.send(self.twilio.media(frame))
+        await self._until(lambda: len(bot.requests) > asked, deadline, "the bot to get the turn")
+        await self._until(lambda: self.media > heard, deadline, "the reply's audio")
+
+    async def closed_with(self, timeout: float = 10) -> int | None:
+        """Wait for the gateway to close the socket; its close code."""
+        await asyncio.wait_for(self.ws.wait_closed(), timeout)
+        return self.ws.close_code

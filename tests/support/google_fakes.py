@@ -1,0 +1,216 @@
+"""Local gRPC stand-ins for Google Speech-to-Text v1 and Text-to-Speech v1 on 127.0.0.1.
+
+They run in the test's own event loop (grpc.aio) and speak the real wire format: generic handlers
+(de)serialize with the client libraries' own proto-plus message classes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+import grpc
+from google.cloud.speech_v1.types import (
+    SpeechRecognitionAlternative,
+    StreamingRecognitionConfig,
+    StreamingRecognitionResult,
+    StreamingRecognizeRequest,
+    StreamingRecognizeResponse,
+)
+from google.cloud.texttospeech_v1.types import SynthesizeSpeechRequest, SynthesizeSpeechResponse
+
+SAMPLES_PER_MS = 8
+
+
+def transcript_for(audio: bytes) -> str:
+    """The fake recognizer's 'text' for a piece of audio: identifies exactly which bytes it heard."""
+    return "heard-" + hashlib.sha1(audio).hexdigest()[:12]
+
+
+@dataclass
+class RecordedStream:
+    """What one StreamingRecognize call received."""
+
+    config: StreamingRecognitionConfig | None = None
+    first_request_had_audio: bool = False
+    configs_after_first: int = 0
+    audio: bytearray = field(default_factory=bytearray)
+    request_sizes: list[int] = field(default_factory=list)
+    finals_sent: list[int] = field(default_factory=list)  # result_end_time of each final, in bytes
+
+
+class FakeSpeechServer:
+    """Scriptable StreamingRecognize.
+
+    Per stream: an interim result every `interim_every` bytes and a final every `final_every`
+    bytes (the final's text is `transcript_for` the bytes since the previous final, its
+    result_end_time is the stream's byte count / 8 ms). `fail_after[i] = k` aborts stream `i`
+    (0-based) with `fail_code` once it has received `k` audio requests.
+    """
+
+    def __init__(
+        self,
+        *,
+        final_every: int = 4000,
+        interim_every: int = 1600,
+        confidence: float = 0.875,
+        fail_after: dict[int, int] | None = None,
+        fail_code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE,
+    ) -> None:
+        self.final_every = final_every
+        self.interim_every = interim_every
+        self.confidence = confidence
+        self.fail_after = dict(fail_after or {})
+        self.fail_code = fail_code
+        self.streams: list[RecordedStream] = []
+        self.address = ""
+        self._server: grpc.aio.Server | None = None
+
+    async def start(self) -> str:
+        handler = grpc.method_handlers_generic_handler(
+            "google.cloud.speech.v1.Speech",
+            {
+                "StreamingRecognize": grpc.stream_stream_rpc_method_handler(
+                    self._recognize,
+                    request_deserializer=StreamingRecognizeRequest.deserialize,
+                    response_serializer=StreamingRecognizeResponse.serialize,
+                )
+            },
+        )
+        self._server = grpc.aio.server()
+        self._server.add_generic_rpc_handlers((handler,))
+        port = self._server.add_insecure_port("127.0.0.1:0")
+        await self._server.start()
+        self.address = f"127.0.0.1:{port}"
+        return self.address
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            await self._server.stop(grace=None)
+
+    def audio_requests(self, index: int) -> int:
+        return len(self.streams[index].request_sizes)
+
+    async def _recognize(self, requests, context: grpc.aio.ServicerContext):
+        index = len(self.streams)
+        stream = RecordedStream()
+        self.streams.append(stream)
+        final_at = 0  # bytes of this stream covered by finals sent so far
+        interims = 0
+        first = True
+        async for request in requests:
+            if first:
+                first = False
+                stream.config = request.streaming_config
+                stream.first_request_had_audio = bool(request.audio_content)
+                continue
+            if "streaming_config" in request:
+                stream.configs_after_first += 1
+            stream.audio += request.audio_content
+            stream.request_sizes.append(len(request.audio_content))
+            if self.fail_after.get(index) == len(stream.request_sizes):
+                await context.abort(self.fail_code, "scripted failure")
+            while len(stream.audio) - final_at >= self.final_every:
+                heard = bytes(stream.audio[final_at : final_at + self.final_every])
+                final_at += self.final_every
+                interims = 0
+                stream.finals_sent.append(final_at)
+                yield self._response(transcript_for(heard), final_at, is_final=True)
+            pending = len(stream.audio) - final_at
+            while pending >= (interims + 1) * self.interim_every:
+                interims += 1
+                yield self._response(f"partial {interims}", final_at + pending, is_final=False)
+
+    def _response(self, text: str, end_bytes: int, *, is_final: bool) -> StreamingRecognizeResponse:
+        result = StreamingRecognitionResult(
+            alternatives=[
+                SpeechRecognitionAlternative(
+                    transcript=text, confidence=self.confidence if is_final else 0.0
+                )
+            ],
+            is_final=is_final,
+            result_end_time=timedelta(milliseconds=end_bytes / SAMPLES_PER_MS),
+        )
+        return StreamingRecognizeResponse(results=[result])
+
+
+def wav_mulaw(audio: bytes, *, extra_chunk: bool = True) -> bytes:
+    """A RIFF/WAVE file holding mu-law 8 kHz mono audio, optionally with a LIST chunk before data."""
+    fmt = struct.pack("<HHIIHH", 7, 1, 8000, 8000, 1, 8)
+    chunks = b"fmt " + struct.pack("<I", len(fmt)) + fmt
+    if extra_chunk:
+        info = b"INFOISFT\x05\x00\x00\x00fake\x00\x00"  # odd-sized payload padded to even
+        chunks += b"LIST" + struct.pack("<I", len(info) - 1) + info[:-1] + b"\x00"
+    chunks += b"data" + struct.pack("<I", len(audio)) + audio
+    return b"RIFF" + struct.pack("<I", 4 + len(chunks)) + b"WAVE" + chunks
+
+
+class FakeTextToSpeechServer:
+    """SynthesizeSpeech that answers `audio_for(text)` (wrapped in a WAV header when `wav`).
+
+    `gates[text]` holds that text's answer until the event is set; `fail` lists texts answered
+    with INVALID_ARGUMENT; `started[text]` is set when a request for `text` arrives.
+    """
+
+    def __init__(
+        self,
+        *,
+        audio_for: Callable[[str], bytes] | None = None,
+        wav: bool = False,
+    ) -> None:
+        self.audio_for = audio_for or (lambda text: text.encode("utf-8"))
+        self.wav = wav
+        self.requests: list[SynthesizeSpeechRequest] = []
+        self.gates: dict[str, asyncio.Event] = {}
+        self.started: dict[str, asyncio.Event] = {}
+        self.fail: set[str] = set()
+        self.address = ""
+        self._server: grpc.aio.Server | None = None
+
+    def texts(self) -> list[str]:
+        return [request.input.text for request in self.requests]
+
+    def arrival(self, text: str) -> asyncio.Event:
+        return self.started.setdefault(text, asyncio.Event())
+
+    def gate(self, text: str) -> asyncio.Event:
+        return self.gates.setdefault(text, asyncio.Event())
+
+    async def start(self) -> str:
+        handler = grpc.method_handlers_generic_handler(
+            "google.cloud.texttospeech.v1.TextToSpeech",
+            {
+                "SynthesizeSpeech": grpc.unary_unary_rpc_method_handler(
+                    self._synthesize,
+                    request_deserializer=SynthesizeSpeechRequest.deserialize,
+                    response_serializer=SynthesizeSpeechResponse.serialize,
+                )
+            },
+        )
+        self._server = grpc.aio.server()
+        self._server.add_generic_rpc_handlers((handler,))
+        port = self._server.add_insecure_port("127.0.0.1:0")
+        await self._server.start()
+        self.address = f"127.0.0.1:{port}"
+        return self.address
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            await self._server.stop(grace=None)
+
+    async def _synthesize(
+        self, request: SynthesizeSpeechRequest, context: grpc.aio.ServicerContext
+    ) -> SynthesizeSpeechResponse:
+        text = request.input.text
+        self.requests.append(request)
+        self.arrival(text).set()
+        if text in self.gates:
+            await self.gates[text].wait()
+        if text in self.fail:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"cannot say {text!r}")
+        audio = self.audio_for(text)
+        return SynthesizeSpeechResponse(audio_content=wav_mulaw(audio) if self.wav else audio)

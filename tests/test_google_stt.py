@@ -1,0 +1,298 @@
+"""GoogleSpeechToText against a local gRPC StreamingRecognize server."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+from google.cloud.speech_v1.types import RecognitionConfig
+from prometheus_client import REGISTRY
+
+from streaming.ports import SpeechError, Transcript
+from streaming.stt.google import GoogleRecognitionStream, GoogleSpeechToText
+from tests.support.google_fakes import FakeSpeechServer, transcript_for
+from tests.support.servers import free_port
+
+HINTS = ("bloquear tarjeta", "ejecutivo")
+
+
+def audio(size: int) -> bytes:
+    """Random bytes: any lost, repeated or reordered byte changes a transcript."""
+    return random.Random(size).randbytes(size)
+
+
+async def eventually(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.01)
+
+
+async def feed_frames(stream: GoogleRecognitionStream, data: bytes, pause_every: int = 0) -> None:
+    """Feed like Twilio does: 160-byte (20 ms) frames, optionally pausing every N frames."""
+    for n, i in enumerate(range(0, len(data), 160), start=1):
+        await stream.feed(data[i : i + 160])
+        if pause_every and n % pause_every == 0:
+            await asyncio.sleep(0.05)
+
+
+class Collector:
+    """Consumes `results()` in a task, like the session does."""
+
+    def __init__(self, stream: GoogleRecognitionStream) -> None:
+        self.items: list[Transcript] = []
+        self.error: BaseException | None = None
+        self.task = asyncio.create_task(self._run(stream.results()))
+
+    async def _run(self, results: AsyncIterator[Transcript]) -> None:
+        try:
+            async for item in results:
+                self.items.append(item)
+        except SpeechError as exc:
+            self.error = exc
+
+    @property
+    def finals(self) -> list[Transcript]:
+        return [t for t in self.items if t.is_final]
+
+
+def make_engine(address: str, **overrides: object) -> GoogleSpeechToText:
+    options: dict[str, object] = dict(
+        model="phone_call", use_enhanced=True, interim_results=True, phrase_hints=HINTS,
+        restart_seconds=60, endpoint=address, insecure=True, timeout_seconds=5,
+    )
+    options.update(overrides)
+    return GoogleSpeechToText(**options)  # type: ignore[arg-type]
+
+
+def restarts(reason: str) -> float:
+    return REGISTRY.get_sample_value("stt_google_stream_restarts_total", {"reason": reason}) or 0.0
+
+
+SpeechFactory = Callable[..., Awaitable[FakeSpeechServer]]
+
+
+@pytest.fixture
+async def start_speech() -> AsyncIterator[SpeechFactory]:
+    """Start fake Speech servers (scripted by keyword arguments); all stop at teardown."""
+    servers: list[FakeSpeechServer] = []
+
+    async def start(**script: Any) -> FakeSpeechServer:
+        server = FakeSpeechServer(**script)
+        servers.append(server)
+        await server.start()
+        return server
+
+    yield start
+    for server in servers:
+        await server.stop()
+
+
+@pytest.fixture
+async def speech(start_speech: SpeechFactory) -> FakeSpeechServer:
+    return await start_speech()
+
+
+async def test_config_first_then_mulaw_in_100ms_requests(speech: FakeSpeechServer) -> None:
+    engine = make_engine(speech.address)
+    stream = engine.open("es-US")
+    fed = audio(3300)
+    await feed_frames(stream, fed)
+    await eventually(lambda: bool(speech.streams) and len(speech.streams[0].audio) >= 3200)
+    await asyncio.sleep(0.05)  # the incomplete last 100 ms must stay unsent
+    await stream.close()
+    await engine.aclose()
+
+    recorded = speech.streams[0]
+    assert recorded.config is not None and not recorded.first_request_had_audio
+    assert recorded.configs_after_first == 0
+    config = recorded.config.config
+    assert config.encoding == RecognitionConfig.AudioEncoding.MULAW
+    assert config.sample_rate_hertz == 8000
+    assert config.language_code == "es-US"
+    assert config.model == "phone_call" and config.use_enhanced
+    assert list(config.speech_contexts[0].phrases) == list(HINTS)
+    assert recorded.config.interim_results and not recorded.config.single_utterance
+    assert recorded.request_sizes == [800, 800, 800, 800]
+    assert bytes(recorded.audio) == fed[:3200]
+
+
+async def test_interim_and_final_results_with_times_and_confidence(
+    speech: FakeSpeechServer,
+) -> None:
+    engine = make_engine(speech.address)
+    stream = engine.open("es-ES")
+    collector = Collector(stream)
+    fed = audio(8000)
+    await feed_frames(stream, fed)
+    await eventually(lambda: len(collector.finals) == 2)
+    await stream.close()
+    await collector.task
+    await engine.aclose()
+
+    interims = [t for t in collector.items if not t.is_final]
+    assert interims[:2] == [
+        Transcript("partial 1", False, None, 0, 200),
+        Transcript("partial 2", False, None, 0, 400),
+    ]
+    assert collector.finals == [
+        Transcript(transcript_for(fed[:4000]), True, 0.875, 0, 500),
+        Transcript(transcript_for(fed[4000:]), True, 0.875, 500, 1000),
+    ]
+    assert collector.error is None
+
+
+@pytest.mark.parametrize(
+    ("fail_after", "resent_from"),
+    [(3, 0), (6, 4000)],  # before any final / after the first final (4000 bytes)
+)
+async def test_error_mid_stream_reconnects_once_without_losing_audio(
+    start_speech: SpeechFactory, fail_after: int, resent_from: int
+) -> None:
+    speech = await start_speech(fail_after={0: fail_after})
+    engine = make_engine(speech.address)
+    stream = engine.open("es-ES")
+    collector = Collector(stream)
+    before = restarts("error")
+    fed = audio(12000)
+    await feed_frames(stream, fed)
+    await eventually(lambda: len(collector.finals) == 3)
+    await stream.close()
+    await collector.task
+    await engine.aclose()
+
+    assert len(speech.streams) == 2
+    assert bytes(speech.streams[0].audio) == fed[: fail_after * 800]
+    # The new stream gets everything after the last final, byte for byte: nothing lost.
+    assert bytes(speech.streams[1].audio) == fed[resent_from:]
+    assert [t.text for t in collector.finals] == [
+        transcript_for(fed[i : i + 4000]) for i in range(0, 12000, 4000)
+    ]
+    assert [t.end_ms for t in collector.finals] == [500, 1000, 1500]
+    assert collector.error is None
+    assert restarts("error") == before + 1
+
+
+async def test_second_consecutive_error_raises_speech_error(start_speech: SpeechFactory) -> None:
+    speech = await start_speech(final_every=10**6, fail_after={0: 2, 1: 2})
+    engine = make_engine(speech.address)
+    stream = engine.open("es-ES")
+    collector = Collector(stream)
+    await feed_frames(stream, audio(8000))
+    await asyncio.wait_for(collector.task, 10)
+    assert isinstance(collector.error, SpeechError)
+    assert len(speech.streams) == 2
+    await stream.feed(audio(800))  # after the failure: ignored, nothing raised
+    await stream.close()
+    await engine.aclose()
+
+
+async def test_unreachable_endpoint_raises_speech_error() -> None:
+    engine = make_engine(f"127.0.0.1:{free_port()}")
+    stream = engine.open("es-ES")
+    collector = Collector(stream)
+    await stream.feed(audio(1600))
+    await asyncio.wait_for(collector.task, 10)
+    assert isinstance(collector.error, SpeechError)
+    await stream.close()
+    await engine.aclose()
+
+
+async def test_missing_credentials_raise_speech_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", os.devnull + "/missing.json")
+    engine = GoogleSpeechToText(restart_seconds=60, timeout_seconds=5)  # Google's endpoint, ADC
+    stream = engine.open("es-ES")
+    collector = Collector(stream)
+    await asyncio.wait_for(collector.task, 10)
+    assert isinstance(collector.error, SpeechError)
+    assert "credentials" in str(collector.error)
+    await stream.close()
+    await engine.aclose()
+
+
+async def test_restart_before_the_limit_carries_only_the_unfinalized_tail(
+    start_speech: SpeechFactory,
+) -> None:
+    """Streams are replaced every 0.8 s while audio flows at 4x real time.
+
+    Guarantee: each new stream starts with the audio right after the last final result the
+    recognizer emitted (the fake may have a final in flight when the old stream is cancelled,
+    so that is the last or the second-to-last final the old stream sent), the finals cover every
+    byte exactly once, and no timestamp goes backwards.
+    """
+    block = 4000
+    speech = await start_speech(final_every=block, interim_every=1600)
+    engine = make_engine(speech.address, restart_seconds=0.8)
+    stream = engine.open("es-ES")
+    collector = Collector(stream)
+    before = restarts("limit")
+    fed = audio(20 * block)  # 10 s of audio
+    await feed_frames(stream, fed, pause_every=10)  # 200 ms of audio per 50 ms
+    await eventually(lambda: len(collector.finals) == 20)
+    await stream.close()
+    await collector.task
+    await engine.aclose()
+
+    assert [t.text for t in collector.finals] == [
+        transcript_for(fed[i : i + block]) for i in range(0, len(fed), block)
+    ]
+    assert [(t.start_ms, t.end_ms) for t in collector.finals] == [
+        (i * 500, (i + 1) * 500) for i in range(20)
+    ]
+    ends = [t.end_ms for t in collector.items]
+    assert ends == sorted(ends)
+
+    assert len(speech.streams) >= 3 and restarts("limit") >= before + 2
+    start = 0
+    for previous, current in zip(speech.streams, speech.streams[1:]):
+        new_start = fed.find(bytes(current.audio[:block]))
+        assert bytes(current.audio) == fed[new_start : new_start + len(current.audio)]
+        assert new_start - start in ([0] + previous.finals_sent)[-2:]
+        start = new_start
+    assert start + len(speech.streams[-1].audio) == len(fed)
+
+
+async def test_close_ends_results_and_leaves_no_task(speech: FakeSpeechServer) -> None:
+    engine = make_engine(speech.address)
+    stream = engine.open("es-ES")
+    collector = Collector(stream)
+    await feed_frames(stream, audio(2400))
+    await eventually(lambda: bool(speech.streams) and len(speech.streams[0].audio) == 2400)
+    await stream.close()
+    await stream.close()  # idempotent
+    await asyncio.wait_for(collector.task, 5)
+    ours = [t for t in asyncio.all_tasks() if "GoogleRecognitionStream" in repr(t.get_coro())]
+    assert ours == []
+    assert [item async for item in stream.results()] == []
+    await engine.aclose()
+
+
+async def test_closed_engine_fails_streams_cleanly(speech: FakeSpeechServer) -> None:
+    engine = make_engine(speech.address)
+    await engine.aclose()
+    stream = engine.open("es-ES")
+    collector = Collector(stream)
+    await stream.feed(audio(800))
+    await asyncio.wait_for(collector.task, 5)
+    assert isinstance(collector.error, SpeechError) and speech.streams == []
+    await stream.close()
+
+
+async def test_carried_audio_is_bounded_when_no_final_comes(start_speech: SpeechFactory) -> None:
+    """With no final for 12 s, a reconnect resends the newest audio only (in 10 s drop steps)."""
+    speech = await start_speech(final_every=10**6, fail_after={0: 120})
+    engine = make_engine(speech.address, max_carry_seconds=0.5)
+    stream = engine.open("es-ES")
+    collector = Collector(stream)
+    fed = audio(96000)
+    await feed_frames(stream, fed)
+    # 4000 bytes may be carried; at 84000 sent the oldest 80000 were dropped in one step.
+    await eventually(lambda: len(speech.streams) == 2 and len(speech.streams[1].audio) == 16000)
+    await stream.close()
+    await collector.task
+    await engine.aclose()
+    assert bytes(speech.streams[1].audio) == fed[80000:]
+    assert collector.error is None

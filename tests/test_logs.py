@@ -1,0 +1,163 @@
+"""JSON log lines with card numbers masked, whoever logged them; startup warnings."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import re
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from starlette.applications import Starlette
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+
+from app.config import Settings
+from app.logs import configure_logging, mask_card_numbers, startup_warnings
+from tests.support.servers import running
+
+PAN = "4111111111111111"
+
+
+@pytest.fixture
+def log_output() -> Iterator[io.StringIO]:
+    """Real log output of the root logger through the gateway's handler and formatter."""
+    root = logging.getLogger()
+    level = root.level
+    buffer = io.StringIO()
+    handler = configure_logging(Settings(), stream=buffer)
+    yield buffer
+    root.removeHandler(handler)
+    root.setLevel(level)
+
+
+def lines(buffer: io.StringIO) -> list[dict[str, object]]:
+    return [json.loads(line) for line in buffer.getvalue().splitlines()]
+
+
+def test_fields_and_extras(log_output: io.StringIO) -> None:
+    logging.getLogger("app.test").info(
+        "incoming call",
+        extra={
+            "event": "incoming_call",
+            "call_sid": "CA1",
+            "from_number": "+34600111222",
+            "to_number": "+34910000000",
+            "mode": "stream",
+        },
+    )
+    (entry,) = lines(log_output)
+    assert entry["level"] == "INFO" and entry["logger"] == "app.test"
+    assert entry["event"] == "incoming_call" and entry["call_sid"] == "CA1"
+    assert entry["from_number"] == "+34600111222" and entry["to_number"] == "+34910000000"
+    assert entry["message"] == "incoming call" and entry["mode"] == "stream"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00", str(entry["timestamp"]))
+
+
+@pytest.mark.parametrize(
+    "pan",
+    [
+        PAN,
+        "4111 1111 1111 1111",
+        "4111-1111-1111-1111",
+        "378282246310005",
+        "6011 0009 9013 9424 123",
+    ],
+)
+def test_card_numbers_are_masked_everywhere(log_output: io.StringIO, pan: str) -> None:
+    logger = logging.getLogger("some.library")
+    logger.info("caller said: mi tarjeta es %s", pan, extra={"event": "stt_final", "card": pan})
+    try:
+        raise ValueError(f"cannot block card {pan}")
+    except ValueError:
+        logger.exception("failed")
+    logger.warning("as a number", extra={"card": int(pan.replace(" ", "").replace("-", ""))})
+    digits = re.sub(r"\D", "", pan)
+    text = log_output.getvalue()
+    assert digits not in re.sub(r"[ -]", "", text)
+    masked = "*" * (len(digits) - 4) + digits[-4:]
+    said, failed, number = lines(log_output)  # still valid JSON after masking
+    assert said["message"] == f"caller said: mi tarjeta es {masked}"
+    assert said["card"] == masked
+    assert f"cannot block card {masked}" in str(failed["exception"])
+    assert number["card"] == masked
+
+
+def test_ordinary_numbers_are_not_masked(log_output: io.StringIO) -> None:
+    sid = "CA1234567890123456789abcdef012345"
+    logging.getLogger("app.test").info(
+        "latency %s at %s",
+        0.30000000000000004,
+        "2026-11-25 15:00:00",
+        extra={"call_sid": sid, "from_number": "+34600111222", "count": 1234567},
+    )
+    (entry,) = lines(log_output)
+    assert entry["call_sid"] == sid
+    assert entry["from_number"] == "+34600111222"
+    assert entry["message"] == "latency 0.30000000000000004 at 2026-11-25 15:00:00"
+    assert entry["count"] == 1234567
+
+
+@given(
+    digits=st.text(alphabet="0123456789", min_size=13, max_size=19),
+    separators=st.lists(st.sampled_from(["", " ", "-"]), min_size=18, max_size=18),
+    before=st.sampled_from(["", "tarjeta ", "pan=", "(", '"']),
+    after=st.sampled_from(["", ".", " gracias", ")", ","]),
+)
+def test_masking_keeps_only_the_last_four(
+    digits: str, separators: list[str], before: str, after: str
+) -> None:
+    pan = "".join(d + s for d, s in zip(digits[:-1], separators, strict=False)) + digits[-1]
+    masked = mask_card_numbers(f"{before}{pan}{after}")
+    assert masked == f"{before}{'*' * (len(digits) - 4)}{digits[-4:]}{after}"
+
+
+def test_uvicorn_logs_go_through_the_formatter(log_output: io.StringIO) -> None:
+    async def ok(request: object) -> PlainTextResponse:
+        return PlainTextResponse("ok")
+
+    app = Starlette(routes=[Route("/", ok)])
+    with running(app) as server:
+        assert httpx.get(f"{server.url}/?card={PAN}").status_code == 200
+    entries = lines(log_output)
+    access = [e for e in entries if e["logger"] == "uvicorn.access"]
+    assert access and "card=************1111" in str(access[0]["message"])
+    assert any(e["logger"] == "uvicorn.error" for e in entries)
+    assert PAN not in log_output.getvalue()
+    assert all("color_message" not in e for e in entries)
+
+
+def test_levels_and_reconfiguration() -> None:
+    root = logging.getLogger()
+    level = root.level
+    try:
+        configure_logging(Settings().replace(logging={"level": "WARNING"}), stream=io.StringIO())
+        assert root.level == logging.WARNING
+        handler = configure_logging(
+            Settings().replace(server={"debug": True}), stream=io.StringIO()
+        )
+        assert root.level == logging.DEBUG
+        assert sum(type(h) is type(handler) for h in root.handlers) == 1
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+
+
+def test_startup_warnings() -> None:
+    safe = Settings().replace(
+        twilio={"auth_token": "t", "fallback_phone_number": "+34911234567"},
+        server={"public_url": "https://voice.bank.example"},
+        stt={"engine": "google"},
+    )
+    assert startup_warnings(safe) == []
+    unsafe = startup_warnings(Settings().replace(twilio={"validate_signatures": False}))
+    assert any("SECURITY" in w and "validate_signatures" in w for w in unsafe)
+    no_token = startup_warnings(Settings())
+    assert any("auth_token" in w and "refused" in w for w in no_token)
+    assert any("fallback_phone_number" in w for w in no_token)
+    assert any("public_url" in w for w in no_token)
+    assert any("pocketsphinx" in w and "English only" in w for w in no_token)

@@ -1,0 +1,191 @@
+"""The media websocket of the real app on a loopback port, driven with the `websockets` client.
+
+Signature refusal, garbage that must not end the call, and cleanup at stop or disconnect. The
+conversation itself is covered by the session tests and the simulator's end-to-end tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from collections.abc import Iterator
+
+import pytest
+from prometheus_client import REGISTRY
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from app import media
+from tests.support.gateway import ACCOUNT_SID, AUTH_TOKEN, RunningGateway, running_gateway
+from tests.support.servers import running
+from tests.support.twilio_api import TwilioApi
+from tests.support.twilio_sign import signed_headers
+from tests.support.twilio_stream import TwilioStream
+
+PATH = "/webhook/twilio/stream"
+
+
+@pytest.fixture(scope="module")
+def gw() -> Iterator[RunningGateway]:
+    api = TwilioApi(account_sid=ACCOUNT_SID, auth_token=AUTH_TOKEN)
+    with running(api.app()) as twilio_api, running_gateway(
+        stt={"engine": "null"}, tts={"engine": "null"},
+        twilio={"api_base_url": twilio_api.url},
+    ) as gateway:
+        yield gateway
+
+
+def stream_url(gw: RunningGateway) -> str:
+    return gw.url.replace("http://", "ws://") + PATH
+
+
+def open_stream(gw: RunningGateway, headers: dict[str, str] | None = None):
+    url = stream_url(gw)
+    headers = signed_headers(url, token=AUTH_TOKEN) if headers is None else headers
+    # max_queue=None: like Twilio, keep reading what the gateway sends even when the test does
+    # not look at it, so the closing handshake is never stuck behind unread audio
+    return connect(url, additional_headers=headers, proxy=None, open_timeout=10, max_queue=None)
+
+
+def rejected(reason: str) -> float:
+    return REGISTRY.get_sample_value("gateway_stream_frames_rejected_total",
+                                     {"reason": reason}) or 0.0
+
+
+async def until(predicate, timeout: float = 5.0, what: str = "condition") -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+async def closed_with(ws: ClientConnection) -> int | None:
+    with pytest.raises(ConnectionClosed) as info:
+        while True:
+            await asyncio.wait_for(ws.recv(), 5)
+    return info.value.rcvd.code if info.value.rcvd else None
+
+
+@pytest.mark.parametrize("headers", [
+    {},                                                                    # no signature
+    {"X-Twilio-Signature": "bm90IGEgc2lnbmF0dXJl"},                         # wrong signature
+    signed_headers("wss://elsewhere.example" + PATH, token=AUTH_TOKEN),     # signed another URL
+    None,                                                                   # wrong token, below
+])
+async def test_unsigned_upgrade_is_closed_with_policy_violation(gw: RunningGateway,
+                                                                headers) -> None:
+    if headers is None:
+        headers = signed_headers(stream_url(gw), token="not-the-auth-token")
+    before = gw.tasks()
+    async with open_stream(gw, headers) as ws:
+        assert await closed_with(ws) == 1008
+    assert gw.gateway.calls == {}
+    assert await asyncio.to_thread(gw.wait_settled, before) == []
+
+
+async def test_garbage_does_not_end_the_call_and_stop_cleans_up(gw: RunningGateway) -> None:
+    twilio = TwilioStream(call_sid="CA" + "a1" * 16, stream_sid="MZ" + "b2" * 16)
+    reasons = ["before_start", "binary_frame", "invalid_json", "unknown_event", "bad_base64",
+               "wrong_stream_sid", "missing_field", "duplicate_start"]
+    counts = {reason: rejected(reason) for reason in reasons}
+    before = gw.tasks()
+    async with open_stream(gw) as ws:
+        await ws.send(twilio.connected())
+        await ws.send(twilio.media())                       # media before start
+        await ws.send(twilio.start())
+        await until(lambda: twilio.call_sid in gw.gateway.calls, what="call registered")
+        bad_media = json.loads(twilio.media())
+        bad_media["media"]["payload"] = "not base64!"
+        no_payload = json.loads(twilio.media())
+        del no_payload["media"]["payload"]
+        for garbage in (b"\x00\x01binary", "{not json", '{"event":"hello"}',
+                        json.dumps(bad_media), twilio.media(stream_sid="MZ" + "0" * 32),
+                        json.dumps(no_payload), twilio.start()):
+            await ws.send(garbage)
+        for _ in range(25):                                 # the call goes on
+            await ws.send(twilio.media())
+        await ws.send(twilio.dtmf("5"))
+        await until(lambda: all(rejected(r) == counts[r] + 1 for r in reasons),
+                    what="every bad frame counted")
+        await asyncio.wait_for(ws.ping(), 5)                 # the socket is still open...
+        assert twilio.call_sid in gw.gateway.calls           # ...and the call still live
+        first = json.loads(await asyncio.wait_for(ws.recv(), 5))  # the greeting goes out
+        assert first["event"] in {"media", "mark"}
+        assert first["streamSid"] == twilio.stream_sid
+        if first["event"] == "media":
+            base64.b64decode(first["media"]["payload"], validate=True)
+        await ws.send(twilio.stop())
+        assert await closed_with(ws) == 1000
+    await until(lambda: not gw.gateway.calls, what="call unregistered")
+    assert await asyncio.to_thread(gw.wait_settled, before) == []
+
+
+async def test_disconnect_without_stop_cleans_up(gw: RunningGateway) -> None:
+    twilio = TwilioStream(call_sid="CA" + "c3" * 16, stream_sid="MZ" + "d4" * 16)
+    before = gw.tasks()
+    async with open_stream(gw) as ws:
+        await ws.send(twilio.start())
+        for _ in range(10):
+            await ws.send(twilio.media())
+        await until(lambda: twilio.call_sid in gw.gateway.calls, what="call registered")
+    # the caller's side vanished: no stop, just a closed socket
+    await until(lambda: not gw.gateway.calls, what="call unregistered")
+    assert await asyncio.to_thread(gw.wait_settled, before) == []
+
+
+async def test_socket_closed_before_start_leaves_nothing(gw: RunningGateway) -> None:
+    before = gw.tasks()
+    async with open_stream(gw) as ws:
+        await ws.send(TwilioStream().connected())
+    assert await asyncio.to_thread(gw.wait_settled, before) == []
+    assert gw.gateway.calls == {}
+
+
+async def test_a_socket_that_never_starts_is_closed(gw: RunningGateway, monkeypatch) -> None:
+    monkeypatch.setattr(media, "START_TIMEOUT_SECONDS", 0.2)
+    before = gw.tasks()
+    async with open_stream(gw) as ws:
+        await ws.send(TwilioStream().connected())
+        assert await closed_with(ws) == 1000
+    assert await asyncio.to_thread(gw.wait_settled, before) == []
+
+
+async def test_a_turn_over_the_socket_reaches_rasa_and_comes_back(gw: RunningGateway) -> None:
+    """Wiring: the gateway's engines, Rasa client and session behind the real endpoint."""
+    twilio = TwilioStream(call_sid="CA" + "e5" * 16, stream_sid="MZ" + "f6" * 16)
+    seen = len(gw.bot.requests)
+
+    async def marks(ws: ClientConnection) -> list[str]:
+        """The marks sent until the gateway is quiet for a moment (all of a reply's sentences)."""
+        names: list[str] = []
+        while True:
+            try:
+                message = json.loads(await asyncio.wait_for(ws.recv(), 0.5 if names else 5))
+            except TimeoutError:
+                return names
+            if message["event"] == "mark":
+                names.append(message["mark"]["name"])
+
+    async with open_stream(gw) as ws:
+        await ws.send(twilio.connected())
+        await ws.send(twilio.start())
+        for name in await marks(ws):  # Twilio played the whole greeting
+            await ws.send(twilio.mark(name))
+        for _ in range(5):
+            await ws.send(twilio.media())
+        await ws.send(twilio.media(b"\x00" * 160))  # the null recognizer's end-of-speech marker
+        for _ in range(5):  # audio goes to the recognizer in 100 ms batches
+            await ws.send(twilio.media())
+        await until(lambda: len(gw.bot.requests) > seen, what="Rasa request")
+        request = gw.bot.requests[seen]
+        assert request["sender"] == twilio.call_sid and request["message"] == "hola"
+        assert request["metadata"]["channel"] == "twilio_voice_stream"
+        assert request["metadata"]["input"] == "speech"
+        assert request["metadata"]["from"] == twilio.from_number
+        # the reply ("Ha dicho: hola") comes back as audio and its own mark
+        assert (await marks(ws))[0].startswith("g0-")
+        await ws.send(twilio.stop())
+        assert await closed_with(ws) == 1000
+    await until(lambda: not gw.gateway.calls, what="call unregistered")
