@@ -90,7 +90,7 @@ class GreetingSettings:
 @dataclass(frozen=True, slots=True)
 class PromptSettings:
     reprompt: str = "¿Sigue ahí? Dígame en qué puedo ayudarle."
-    apology: str = "Lo siento, estamos teniendo problemas técnicos. Le paso con un ejecutivo."
+    apology: str = "Lo siento, estamos teniendo problemas técnicos."
     transfer: str = "Le paso con un ejecutivo. Un momento, por favor."
     no_answer: str = (
         "En este momento no hay ejecutivos disponibles. Por favor, llame más tarde. Adiós."

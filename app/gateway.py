@@ -7,7 +7,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from app.config import Settings
+from app.prompts import spoken_prompts
 from streaming.ports import SpeechToText, TextToSpeech
+from streaming.session import split_sentences
 
 if TYPE_CHECKING:
     from app.rasa import RasaClient
@@ -27,6 +29,7 @@ class Gateway:
     draining: bool = False
     # Set when the last live call ends while draining.
     idle: asyncio.Event = field(default_factory=asyncio.Event)
+    warming: asyncio.Task[int] | None = None
 
     @classmethod
     def build(cls, settings: Settings) -> Gateway:
@@ -42,7 +45,23 @@ class Gateway:
             tts=build_tts(settings),
         )
 
+    def start_warming(self) -> None:
+        """Synthesize the greetings and prompts in the background, so calls hear them at once.
+
+        The session synthesizes sentence by sentence, so the cache is filled the same way.
+        """
+        warm = getattr(self.tts, "warm", None)
+        if warm is None:
+            return
+        sentences = [s for text in spoken_prompts(self.settings) for s in split_sentences(text)]
+        self.warming = asyncio.create_task(
+            warm(sentences, self.settings.language.code), name="tts-warm"
+        )
+
     async def aclose(self) -> None:
+        if self.warming is not None:
+            self.warming.cancel()
+            await asyncio.gather(self.warming, return_exceptions=True)
         for session in list(self.calls.values()):
             await session.aclose()
         await self.stt.aclose()

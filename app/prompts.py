@@ -28,4 +28,16 @@ def salutation(settings: Settings, now: datetime | None = None) -> str:
 
 def greeting_text(settings: Settings, now: datetime | None = None) -> str:
     """The contextual greeting both call paths open with."""
-    return settings.greeting.text.replace("{salutation}", salutation(settings, now))
+    return _greeting(settings, salutation(settings, now))
+
+
+def _greeting(settings: Settings, salutation_text: str) -> str:
+    return settings.greeting.text.replace("{salutation}", salutation_text)
+
+
+def spoken_prompts(settings: Settings) -> list[str]:
+    """Every text the stream path speaks on its own: worth synthesizing once at startup."""
+    greeting = settings.greeting
+    greetings = [_greeting(settings, s) for s in (greeting.morning, greeting.afternoon, greeting.night)]
+    prompts = settings.prompts
+    return [*greetings, prompts.reprompt, prompts.apology, prompts.goodbye]

@@ -36,6 +36,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         gateway = Gateway.build(settings)
         app.state.gateway = gateway
         await webhooks.on_startup(gateway)
+        gateway.start_warming()
         try:
             yield {"gateway": gateway}  # lifespan state: how DrainingServer finds the gateway
         finally:

@@ -50,8 +50,9 @@ class Turn:
 
     audio: bytes = b""  # mu-law 8 kHz mono to speak
     digits: str = ""  # keys pressed after the audio, DIGIT_GAP_SECONDS apart
-    # bot_idle: the bot spoke since the previous turn and has finished playing;
-    # bot_speaking: bot audio that started since the previous turn is playing now (barge-in).
+    # "Since the previous turn" means since the end of its speech (or its last key):
+    # bot_idle: the bot has spoken since the previous turn and finished playing;
+    # bot_speaking: bot audio sent since the previous turn is playing now (barge-in).
     when: Literal["bot_idle", "bot_speaking", "now"] = "bot_idle"
     delay: float = 0.0
     wait_limit: float = 15.0  # most seconds to wait for `when`; the turn then goes ahead anyway
@@ -406,7 +407,7 @@ async def simulate_call(
                     scheduled.sort()
                     await wait(lambda: not scheduled, len(turn.digits) * DIGIT_GAP_SECONDS + 1)
                 ends.append(offset + segments[-1][1] if segments else clock.now())
-                since = clock.now()
+                since = ends[-1]  # a reply may start while trailing silence is still sent
                 if turn.hang_up:
                     hung_up = True
                     break

@@ -94,12 +94,13 @@ def reply(settings: Settings, urls: Urls, actions: Sequence[Action]) -> str:
 def transfer(settings: Settings, urls: Urls, says: Sequence[str], number: str | None = None) -> str:
     """Say `says`, then dial the agent; with no number to dial, say no_answer and hang up."""
     response = VoiceResponse()
-    _say_all(response, settings, says)
     number = number or settings.twilio.fallback_phone_number
-    if not number:
+    if not number:  # nobody to pass the caller to: no transfer announcement
+        _say_all(response, settings, [t for t in says if t != settings.prompts.transfer])
         _say_all(response, settings, [settings.prompts.no_answer])
         response.hangup()
         return str(response)
+    _say_all(response, settings, says)
     dial = response.dial(
         timeout=settings.twilio.dial_timeout_seconds, action=urls.dialed, method="POST"
     )

@@ -84,8 +84,9 @@ async def _answer(route: str, handler: Handler, request: Request) -> Response:
         if route == "status":
             body = twiml.empty()
         else:
-            apology = [gateway.settings.prompts.apology]
-            body = twiml.transfer(gateway.settings, urls_for(request, gateway), apology)
+            prompts = gateway.settings.prompts
+            says = [prompts.apology, prompts.transfer]
+            body = twiml.transfer(gateway.settings, urls_for(request, gateway), says)
     return Response(body, media_type=XML)
 
 
@@ -162,7 +163,7 @@ async def speech(request: Request, gateway: Gateway, form: Form) -> str:
             "Rasa failed; apologizing and transferring",
             extra={"event": "gather_fallback", "reason": "rasa_error", **log},
         )
-        return twiml.transfer(settings, urls, [settings.prompts.apology])
+        return twiml.transfer(settings, urls, [settings.prompts.apology, settings.prompts.transfer])
     return twiml.reply(settings, urls, parse_actions(messages))
 
 

@@ -12,7 +12,9 @@ in tests. Work is split so the 50-per-second frame path stays synchronous and ch
 
 Playback is tracked with marks named `g{generation}-s{sequence}`. Every `clear` starts a new
 generation; Twilio echoes the marks still pending when it clears, so only marks of the current
-playback prove that the caller heard a sentence.
+playback prove that the caller heard a sentence. The marks also pace synthesis: a reply is
+synthesized at most `sentences_ahead` sentences beyond what the caller has heard, so a barge-in
+leaves the rest unsynthesized (and unpaid for, with a cloud engine).
 """
 
 from __future__ import annotations
@@ -65,7 +67,7 @@ class SessionConfig:
     language: str = "es-ES"
     greeting: str = ""
     reprompt: str = "¿Sigue ahí? Dígame en qué puedo ayudarle."
-    apology: str = "Lo siento, estamos teniendo problemas técnicos. Le paso con un ejecutivo."
+    apology: str = "Lo siento, estamos teniendo problemas técnicos."
     # Spoken before hanging up when the bot's hang-up reply has no text of its own. (Transfers
     # speak nothing here: the control's transfer TwiML says the transfer prompt itself.)
     goodbye: str = "Gracias por llamar. Adiós."
@@ -82,7 +84,9 @@ class SessionConfig:
     stt_batch_ms: int = 100
     # Batches queued for a recognizer that fell behind before new ones are dropped (~5 s).
     stt_max_backlog: int = 50
-    # How much longer than the audio itself to wait for a playback's last mark.
+    # Sentences sent beyond the last one the caller is known to have heard (>= 2 avoids gaps).
+    sentences_ahead: int = 2
+    # How much longer than the audio itself to wait for a sentence's mark.
     mark_timeout_seconds: float = 5.0
     # After a successful transfer/hang-up Twilio stops the stream; if it doesn't, we close it.
     end_grace_seconds: float = 10.0
@@ -118,11 +122,23 @@ class _Playback:
     """One reply being played: its sentences, the marks that came back, how it ended."""
 
     sentences: list[str]
-    done: asyncio.Future[bool]
+    # One per sentence: True once its mark came back, False if cleared or its mark never came.
+    heard: list[asyncio.Future[bool]]
     marks: dict[str, int] = field(default_factory=dict)  # mark name -> sentence index
+    deadlines: list[float] = field(default_factory=list)  # per sentence: give up on its mark
     played: int = 0  # sentences confirmed heard, in order
-    final_mark: str | None = None
+    play_end: float = 0.0  # monotonic time Twilio should finish playing what was sent
     interrupted: bool = False
+    marks_lost: bool = False
+
+    @property
+    def over(self) -> bool:
+        return self.heard[-1].done()
+
+    def resolve(self, upto: int, heard: bool) -> None:
+        for future in self.heard[:upto]:
+            if not future.done():
+                future.set_result(heard)
 
 
 class CallSession:
@@ -297,9 +313,9 @@ class CallSession:
         if index is None:  # a mark of an earlier or cleared playback proves nothing
             return
         playback.played = max(playback.played, index + 1)
-        if name == playback.final_mark and not playback.done.done():
+        playback.resolve(index + 1, True)
+        if playback.over:
             self._barge_armed = False  # nothing left to interrupt
-            playback.done.set_result(True)
 
     # -- frame-path helpers ------------------------------------------------------------------
 
@@ -323,7 +339,7 @@ class CallSession:
         """Caller interrupts: drop queued audio, tell Twilio to clear, stop synthesizing."""
         self._barge_armed = False
         playback = self._playback
-        if playback is None or playback.interrupted or playback.done.done():
+        if playback is None or playback.interrupted or playback.over:
             return
         playback.interrupted = True
         self._generation += 1
@@ -331,7 +347,7 @@ class CallSession:
         while not outbox.empty():
             outbox.get_nowait()
         outbox.put_nowait((clear_message(self.call.stream_sid), None))
-        playback.done.set_result(False)
+        playback.resolve(len(playback.sentences), False)
         self.phase = Phase.LISTENING
         metrics.BARGE_INS.inc()
         sentences = playback.sentences
@@ -421,7 +437,7 @@ class CallSession:
         if not self._active or self._ending:
             return
         playback = self._playback
-        if playback is not None and not playback.done.done():  # short speech, or our own echo
+        if playback is not None and not playback.over:  # short speech, or our own echo
             logger.debug("transcript during playback ignored",
                          extra={"event": "transcript_ignored", **self._log})
             return
@@ -515,59 +531,86 @@ class CallSession:
 
     async def _play(self, texts: list[str], *, interruptible: bool,
                     heard_at: float | None = None) -> bool:
-        """Synthesize sentence by sentence, each followed by a mark; wait until the last mark
-        comes back. Returns False when the caller barged in or the marks never came."""
+        """Synthesize sentence by sentence, each followed by a mark, and wait until the last
+        mark comes back. Returns False when the caller barged in or marks stopped coming."""
         sentences = [s for text in texts for s in split_sentences(text)]
         if not sentences:
             return True
-        playback = _Playback(sentences, self._loop.create_future())
+        playback = _Playback(sentences, [self._loop.create_future() for _ in sentences])
         self._playback = playback
         self.phase = Phase.SPEAKING
         self._disarm_no_input()
         self._barge_armed = interruptible
-        sid, put = self.call.stream_sid, self._outbox.put_nowait
-        chunk_bytes = chunk_size(self.config.outbound_chunk_ms)
-        sent = 0
+        if interruptible and self._vad.in_speech:
+            # Speech that began before the reply (the request's own tail, still in the VAD's
+            # hangover) must not interrupt it: only an onset from now on counts.
+            self._vad.reset()
+        ahead = max(1, self.config.sentences_ahead)
         try:
             for index, sentence in enumerate(sentences):
-                rechunker = Rechunker(chunk_bytes)
-                async with _closing(self._tts.synthesize(sentence, self.config.language)) as audio:
-                    async for data in audio:
-                        if playback.interrupted:
-                            break
-                        for chunk in rechunker.push(data):
-                            put((media_message(sid, chunk), heard_at))
-                            heard_at = None
-                            sent += len(chunk)
+                if index >= ahead:
+                    await self._until_heard(playback, index - ahead)
+                    if playback.interrupted:
+                        return False
+                heard_at = await self._speak_sentence(playback, sentence, heard_at)
                 if playback.interrupted:
                     return False
-                tail = rechunker.flush()
-                if tail:
-                    put((media_message(sid, tail), heard_at))
-                    heard_at = None
-                    sent += len(tail)
                 self._mark_seq += 1
                 name = f"g{self._generation}-s{self._mark_seq}"
                 playback.marks[name] = index
-                put((mark_message(sid, name), None))
-            playback.final_mark = name
-            if playback.played == len(sentences) and not playback.done.done():
-                self._barge_armed = False
-                playback.done.set_result(True)
-            timeout = sent / BYTES_PER_SECOND + self.config.mark_timeout_seconds
-            # asyncio.wait, not wait_for: on 3.11 wait_for can swallow a cancellation that
-            # races with the future completing, and aclose must always stop this task.
-            await asyncio.wait((playback.done,), timeout=timeout)
-            if playback.done.done():
-                return playback.done.result()
-            metrics.MARK_TIMEOUTS.inc()
-            logger.warning("playback marks did not come back", extra={
-                "event": "mark_timeout", **self._log, "played": sentences[:playback.played]})
-            return False
+                playback.deadlines.append(playback.play_end + self.config.mark_timeout_seconds)
+                self._outbox.put_nowait((mark_message(self.call.stream_sid, name), None))
+            return await self._until_heard(playback, len(sentences) - 1)
         finally:
             self._barge_armed = False
             if self._playback is playback:
                 self._playback = None
+
+    async def _speak_sentence(self, playback: _Playback, sentence: str,
+                              heard_at: float | None) -> float | None:
+        """Queue one sentence's audio in outbound-sized chunks; stops early on barge-in.
+        Returns `heard_at` until the turn's first audio has been queued (latency metric)."""
+        sid, put = self.call.stream_sid, self._outbox.put_nowait
+        rechunker = Rechunker(chunk_size(self.config.outbound_chunk_ms))
+        async with _closing(self._tts.synthesize(sentence, self.config.language)) as audio:
+            async for data in audio:
+                if playback.interrupted:
+                    return heard_at
+                chunks = rechunker.push(data)
+                for chunk in chunks:
+                    put((media_message(sid, chunk), heard_at))
+                    heard_at = None
+                if chunks:
+                    self._account(playback, len(chunks) * rechunker.size)
+        tail = rechunker.flush()
+        if tail:
+            put((media_message(sid, tail), heard_at))
+            heard_at = None
+            self._account(playback, len(tail))
+        return heard_at
+
+    @staticmethod
+    def _account(playback: _Playback, sent: int) -> None:
+        """Twilio plays what it gets in order, from when it gets it."""
+        playback.play_end = max(playback.play_end, monotonic()) + sent / BYTES_PER_SECOND
+
+    async def _until_heard(self, playback: _Playback, index: int) -> bool:
+        """Wait for sentence `index`'s mark, at most until its deadline (its audio should have
+        played by then): when marks stop coming, playback goes on at the audio's own pace."""
+        future = playback.heard[index]
+        if not future.done():
+            # asyncio.wait, not wait_for: on 3.11 wait_for can swallow a cancellation that
+            # races with the future completing, and aclose must always stop this task.
+            await asyncio.wait((future,), timeout=max(0.0, playback.deadlines[index] - monotonic()))
+        if future.done():
+            return future.result()
+        if not playback.marks_lost:
+            playback.marks_lost = True
+            metrics.MARK_TIMEOUTS.inc()
+            logger.warning("playback marks did not come back", extra={
+                "event": "mark_timeout", **self._log,
+                "played": playback.sentences[:playback.played]})
+        return False
 
     async def _end(self, action: Ending, number: str | None = None, *,
                    reason: Literal["stt", "tts"] | None = None) -> None:

@@ -13,7 +13,7 @@ from tests.support.gateway_process import LiveCall, gateway_process
 async def test_live_call_goes_on_while_draining_then_exit_zero() -> None:
     with gateway_process(drain_timeout=60) as gateway:
         assert "<Connect>" in await gateway.voice("CA" + "1" * 32)
-        async with LiveCall.open(gateway, "CA" + "2" * 32) as call:
+        async with LiveCall.open(gateway.ws_url, "CA" + "2" * 32) as call:
             await call.turn(gateway.bot)
             gateway.signal(signal.SIGTERM)
             health = await gateway.until_not_ready()
@@ -30,7 +30,7 @@ async def test_live_call_goes_on_while_draining_then_exit_zero() -> None:
 
 async def test_drain_limit_closes_the_calls_left_then_exit_zero() -> None:
     with gateway_process(drain_timeout=1) as gateway:
-        async with LiveCall.open(gateway, "CA" + "4" * 32) as call:
+        async with LiveCall.open(gateway.ws_url, "CA" + "4" * 32) as call:
             await call.turn(gateway.bot)
             gateway.signal(signal.SIGTERM)
             await gateway.until_not_ready()
@@ -41,7 +41,7 @@ async def test_drain_limit_closes_the_calls_left_then_exit_zero() -> None:
 
 async def test_second_signal_ends_the_drain_at_once() -> None:
     with gateway_process(drain_timeout=300) as gateway:
-        async with LiveCall.open(gateway, "CA" + "5" * 32) as call:
+        async with LiveCall.open(gateway.ws_url, "CA" + "5" * 32) as call:
             await call.turn(gateway.bot)
             gateway.signal(signal.SIGTERM)
             await gateway.until_not_ready()

@@ -286,9 +286,10 @@ def test_rasa_failure_apologizes_and_transfers(
     bot.mode, bot.delay_seconds = mode, (3.0 if mode == "slow" else 0.0)
     before = sample("gateway_rasa_errors_total", kind=kind)
     root = gather_gw.twiml("/webhook/twilio/speech", SpeechResult="hola")
-    assert children(root) == ["Say", "Dial"]
-    assert_says([root[0]], [gather_gw.settings.prompts.apology])
-    assert_dial(root[1])
+    assert children(root) == ["Say", "Say", "Dial"]
+    prompts = gather_gw.settings.prompts
+    assert_says(list(root)[:2], [prompts.apology, prompts.transfer])
+    assert_dial(root[2])
     assert sample("gateway_rasa_errors_total", kind=kind) == before + 1
 
 
@@ -325,9 +326,8 @@ def test_fallback_after_a_completed_dial_hangs_up(gather_gw: Running) -> None:
 
 def test_fallback_without_agent_number(lonely_gw: Running) -> None:
     root = lonely_gw.twiml("/webhook/twilio/fallback")
-    assert children(root) == ["Say", "Say", "Hangup"]
-    prompts = lonely_gw.settings.prompts
-    assert_says(list(root)[:2], [prompts.transfer, prompts.no_answer])
+    assert children(root) == ["Say", "Hangup"]  # no transfer is announced when nobody can take it
+    assert_says([root[0]], [lonely_gw.settings.prompts.no_answer])
 
 
 # --- status ----------------------------------------------------------------------------------

@@ -130,6 +130,20 @@ async def test_barge_in_clears_after_the_minimum_speech_and_stops_synthesis(capl
         assert marks[-1].startswith("g1-"), "a new generation after the clear"
 
 
+async def test_the_request_still_in_the_vad_hangover_does_not_interrupt_its_reply() -> None:
+    cfg = config(barge_in_min_speech_ms=240, vad_hangover_ms=1500)
+    async with CallHarness(cfg) as h:
+        h.audio(tone(600))  # the request: 600 ms of speech, then the hangover begins
+        h.silence(100)
+        h.recognition.say("bloquear")  # recognized before the VAD calls the speech over
+        await h.wait_marks(1)
+        h.silence(400)
+        await asyncio.sleep(0.02)
+        assert h.events("clear") == []
+        h.audio(tone(260))  # new speech during the reply does interrupt it
+        await h.wait(lambda: h.events("clear"), what="clear")
+
+
 async def test_short_speech_and_echo_do_not_interrupt() -> None:
     bot = FakeBot(reply=lambda text: [BotMessage(text="Una respuesta bastante larga. Otra más.")])
     async with CallHarness(config(barge_in_min_speech_ms=240), bot=bot) as h:
@@ -144,12 +158,37 @@ async def test_short_speech_and_echo_do_not_interrupt() -> None:
         assert h.session.phase is Phase.SPEAKING
 
 
+async def test_synthesis_stays_two_sentences_ahead_of_what_was_heard() -> None:
+    bot = FakeBot(reply=lambda text: [BotMessage(text="Uno. Dos. Tres. Cuatro.")])
+    async with CallHarness(config(sentences_ahead=2), bot=bot) as h:
+        h.recognition.say("cuenta")
+        assert await h.wait_marks(2) == ["g0-s1", "g0-s2"]
+        await asyncio.sleep(0.05)
+        assert h.tts.texts == ["Uno.", "Dos."], "the caller has not heard anything yet"
+        h.deliver(h.twilio.mark("g0-s1"))
+        assert await h.wait_marks(3) == ["g0-s1", "g0-s2", "g0-s3"]
+        h.deliver(h.twilio.mark("g0-s2"))
+        await h.wait_marks(4)
+        assert h.tts.texts == ["Uno.", "Dos.", "Tres.", "Cuatro."]
+
+
+async def test_without_marks_playback_goes_on_at_the_audio_pace() -> None:
+    timeouts = metric("gateway_stream_mark_timeouts_total")
+    bot = FakeBot(reply=lambda text: [BotMessage(text="Uno. Dos. Tres.")])
+    async with CallHarness(config(mark_timeout_seconds=0.05), bot=bot) as h:
+        h.recognition.say("cuenta")
+        await h.wait_marks(3)  # no echo ever comes: each sentence waits for its audio's length
+        await h.wait(lambda: h.session.phase is Phase.LISTENING, what="reply over")
+        assert metric("gateway_stream_mark_timeouts_total") == timeouts + 1  # once per reply
+
+
 async def test_marks_track_what_was_heard_before_the_reply_ends() -> None:
     bot = FakeBot(reply=lambda text: [BotMessage(text="Uno. Dos. Tres.")])
     async with CallHarness(bot=bot) as h:
         h.recognition.say("cuenta")
-        await h.wait_marks(3)
+        await h.wait_marks(2)
         h.deliver(h.twilio.mark("g0-s1"))
+        await h.wait_marks(3)
         h.deliver(h.twilio.mark("g0-s2"))
         h.deliver(h.twilio.mark("unknown-mark"))
         await asyncio.sleep(0.02)

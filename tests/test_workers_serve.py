@@ -33,7 +33,7 @@ async def test_two_workers_share_the_port_and_drain_then_exit_zero() -> None:
     with gateway_process(workers=2, drain_timeout=60) as gateway:
         processes = workers(gateway)
         assert len(processes) == 2
-        async with LiveCall.open(gateway, "CA" + "6" * 32) as call:
+        async with LiveCall.open(gateway.ws_url, "CA" + "6" * 32) as call:
             await call.turn(gateway.bot)
             # One worker holds the call, the other none: both answer on the same port.
             assert await active_calls_seen(gateway) == {0, 1}

@@ -26,7 +26,7 @@ import httpx
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from streaming.stt.null import MARKER
+from streaming.stt.null import MARKER, NullSpeechToText
 from tests.support.rasa_bot import RasaBot
 from tests.support.servers import free_port, running
 from tests.support.twilio_sign import asigned_post, call_params, signed_headers
@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 AUTH_TOKEN = "process-test-auth-token"
 STREAM_PATH = "/webhook/twilio/stream"
 NULL_FINAL = MARKER.ljust(FRAME_BYTES, MARKER[:1])  # the null recognizer's "end of sentence"
+NULL_TEXT = NullSpeechToText().text  # what it then "hears"
 
 
 @dataclass
@@ -139,10 +140,11 @@ class LiveCall:
 
     @classmethod
     @asynccontextmanager
-    async def open(cls, gateway: GatewayProcess, call_sid: str) -> AsyncIterator[LiveCall]:
-        url = gateway.ws_url
+    async def open(cls, url: str, call_sid: str,
+                   token: str = AUTH_TOKEN) -> AsyncIterator[LiveCall]:
+        """Connect to the stream websocket at `url` (signed with `token`) and start the call."""
         async with connect(url, proxy=None, open_timeout=10,
-                           additional_headers=signed_headers(url, token=AUTH_TOKEN)) as ws:
+                           additional_headers=signed_headers(url, token=token)) as ws:
             twilio = TwilioStream(call_sid=call_sid, stream_sid="MZ" + call_sid[2:])
             await ws.send(twilio.connected())
             await ws.send(twilio.start())
@@ -178,13 +180,18 @@ class LiveCall:
         await self._until(lambda: self.media > 0 and not self.playing
                           and time.monotonic() - self.last_message > 0.2, deadline,
                           "the bot's audio to finish")
-        asked, heard = len(bot.requests), self.media
+        asked, heard = self._turns(bot), self.media
         # The recognizer is fed 100 ms batches; a marker counts again only after a batch
         # without one, as when audio streams on between two sentences.
         for frame in [SILENT_FRAME] * 5 + [NULL_FINAL] + [SILENT_FRAME] * 5:
             await self.ws.send(self.twilio.media(frame))
-        await self._until(lambda: len(bot.requests) > asked, deadline, "the bot to get the turn")
+        await self._until(lambda: self._turns(bot) > asked, deadline, "the bot to get the turn")
         await self._until(lambda: self.media > heard, deadline, "the reply's audio")
+
+    def _turns(self, bot: RasaBot) -> int:
+        """Turns of this call the bot received (other calls may share the bot)."""
+        return sum(r["sender"] == self.twilio.call_sid and r["message"] == NULL_TEXT
+                   for r in list(bot.requests))
 
     async def closed_with(self, timeout: float = 10) -> int | None:
         """Wait for the gateway to close the socket; its close code."""

@@ -1,0 +1,44 @@
+"""The greetings and prompts are synthesized once at startup, sentence by sentence."""
+
+from __future__ import annotations
+
+from prometheus_client import REGISTRY
+
+from app.config import Settings
+from app.gateway import Gateway
+from app.prompts import greeting_text, spoken_prompts
+from streaming.session import split_sentences
+
+
+def hits() -> float:
+    return REGISTRY.get_sample_value("tts_cache_hits_total", {"engine": "null"}) or 0.0
+
+
+async def test_startup_warms_every_sentence_the_session_speaks_on_its_own() -> None:
+    settings = Settings().replace(stt={"engine": "null"}, tts={"engine": "null", "cache_size": 64})
+    gateway = Gateway.build(settings)
+    try:
+        gateway.start_warming()
+        assert gateway.warming is not None
+        warmed = await gateway.warming
+        sentences = {s for text in spoken_prompts(settings) for s in split_sentences(text)}
+        assert warmed == len(sentences)
+        assert len(gateway.tts) == len(sentences)  # type: ignore[arg-type]
+
+        before = hits()
+        for sentence in split_sentences(greeting_text(settings)):
+            async for _ in gateway.tts.synthesize(sentence, settings.language.code):
+                pass
+        assert hits() == before + len(split_sentences(greeting_text(settings)))
+    finally:
+        await gateway.aclose()
+
+
+async def test_no_warming_without_a_cache() -> None:
+    settings = Settings().replace(stt={"engine": "null"}, tts={"engine": "null", "cache_size": 0})
+    gateway = Gateway.build(settings)
+    try:
+        gateway.start_warming()
+        assert gateway.warming is None
+    finally:
+        await gateway.aclose()
