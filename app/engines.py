@@ -1,48 +1,39 @@
 """Speech engines chosen by `stt.engine` and `tts.engine`, built from the settings.
 
 Each engine module is imported only when chosen: a gateway on Google never loads pocketsphinx,
-an offline one never loads the Google clients. Engines take plain arguments, never `Settings`.
+an offline one never loads the Google clients. Engines take plain arguments, never `Settings`:
+an engine's settings section (`stt.google`, `tts.espeak`, ...) holds exactly its keyword arguments.
 """
 
 from __future__ import annotations
 
-from app.config import Settings
+import dataclasses
+import importlib
+from typing import Any
+
+from app.config import Settings, SttSettings, TtsSettings
 from streaming.ports import SpeechToText, TextToSpeech
+
+_STT = {
+    "pocketsphinx": "streaming.stt.pocketsphinx:PocketsphinxSpeechToText",
+    "google": "streaming.stt.google:GoogleSpeechToText",
+    "null": "streaming.stt.null:NullSpeechToText",
+}
+_TTS = {
+    "espeak": "streaming.tts.espeak:EspeakTextToSpeech",
+    "google": "streaming.tts.google:GoogleTextToSpeech",
+    "null": "streaming.tts.null:NullTextToSpeech",
+}
 
 
 def build_stt(settings: Settings) -> SpeechToText:
-    stt = settings.stt
-    if stt.engine == "pocketsphinx":
-        from streaming.stt.pocketsphinx import PocketsphinxSpeechToText
-
-        options = stt.pocketsphinx
-        return PocketsphinxSpeechToText(
-            phrases=options.phrases, language=options.language, workers=options.workers
-        )
-    if stt.engine == "google":
-        from streaming.stt.google import GoogleSpeechToText
-
-        google = stt.google
-        return GoogleSpeechToText(
-            model=google.model,
-            use_enhanced=google.use_enhanced,
-            interim_results=google.interim_results,
-            phrase_hints=google.phrase_hints,
-            restart_seconds=google.restart_seconds,
-            endpoint=google.endpoint,
-            insecure=google.insecure,
-            timeout_seconds=google.timeout_seconds,
-        )
-    if stt.engine == "null":
-        from streaming.stt.null import NullSpeechToText
-
-        return NullSpeechToText()
-    raise ValueError(f"stt.engine: unknown engine {stt.engine!r}")
+    engine: SpeechToText = _build("stt", settings.stt, _STT)
+    return engine
 
 
 def build_tts(settings: Settings) -> TextToSpeech:
     """The configured synthesizer, behind the LRU cache when `tts.cache_size` > 0."""
-    engine = _synthesizer(settings)
+    engine: TextToSpeech = _build("tts", settings.tts, _TTS)
     if settings.tts.cache_size > 0:
         from streaming.tts.cache import CachedTextToSpeech
 
@@ -50,31 +41,11 @@ def build_tts(settings: Settings) -> TextToSpeech:
     return engine
 
 
-def _synthesizer(settings: Settings) -> TextToSpeech:
-    tts = settings.tts
-    if tts.engine == "espeak":
-        from streaming.tts.espeak import EspeakTextToSpeech
-
-        espeak = tts.espeak
-        return EspeakTextToSpeech(
-            voice=espeak.voice, words_per_minute=espeak.words_per_minute, pitch=espeak.pitch
-        )
-    if tts.engine == "google":
-        from streaming.tts.google import GoogleTextToSpeech
-
-        google = tts.google
-        return GoogleTextToSpeech(
-            voice_name=google.voice_name,
-            ssml_gender=google.ssml_gender,
-            speaking_rate=google.speaking_rate,
-            pitch=google.pitch,
-            volume_gain_db=google.volume_gain_db,
-            endpoint=google.endpoint,
-            insecure=google.insecure,
-            timeout_seconds=google.timeout_seconds,
-        )
-    if tts.engine == "null":
-        from streaming.tts.null import NullTextToSpeech
-
-        return NullTextToSpeech()
-    raise ValueError(f"tts.engine: unknown engine {tts.engine!r}")
+def _build(kind: str, section: SttSettings | TtsSettings, classes: dict[str, str]) -> Any:
+    name = section.engine
+    if name not in classes:
+        raise ValueError(f"{kind}.engine: unknown engine {name!r}")
+    module, _, class_name = classes[name].partition(":")
+    engine_class = getattr(importlib.import_module(module), class_name)
+    options = getattr(section, name, None)  # the null engines have no settings
+    return engine_class() if options is None else engine_class(**dataclasses.asdict(options))

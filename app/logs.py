@@ -16,9 +16,15 @@ from typing import IO, Any
 
 from app.config import Settings
 
-# 13-19 digits, optionally separated by single spaces or dashes. Not part of a longer word
-# (a CallSid's hex) and not the fraction of a decimal number (0.30000000000000004).
-PAN = re.compile(r"(?<![0-9A-Za-z])(?<![0-9]\.)(?:[0-9][ -]?){12,18}[0-9](?![0-9A-Za-z])")
+# Between two digits of a card number: one space of any kind, a dash, a URL-encoded space
+# (a query string), or a dot starting a group of 3-4 digits ("4.539.148.803.436.467").
+_SEPARATOR = r"(?:[\s+-]|%20|\.(?=[0-9]{3,4}(?![0-9])))"
+# 13 or more such digits (a card number keyed in with its expiry date is longer than 19). Not part
+# of a longer word (a CallSid's hex) and not the fraction of a decimal number (0.30000000000000004).
+PAN = re.compile(
+    rf"(?<![0-9A-Za-z])(?<![0-9]\.)[0-9](?:{_SEPARATOR}?[0-9]){{12,}}(?![0-9A-Za-z])"
+)
+_NOT_DIGITS = re.compile(r"[^0-9]")
 
 FIELDS = (
     "timestamp",
@@ -40,11 +46,14 @@ _BIG = 10**12
 
 
 def mask_card_numbers(text: str) -> str:
-    """Replace each card number by asterisks, keeping its last four digits: ************1234."""
+    """Replace each card number by asterisks, keeping its last four digits: ************1234.
+
+    A run longer than a card number (19) is masked whole: its last four are not the card's.
+    """
 
     def _mask(match: re.Match[str]) -> str:
-        digits = re.sub(r"[ -]", "", match.group())
-        return "*" * (len(digits) - 4) + digits[-4:]
+        count = len(_NOT_DIGITS.sub("", match.group()))
+        return "*" * count if count > 19 else "*" * (count - 4) + match.group()[-4:]
 
     return PAN.sub(_mask, text)
 

@@ -19,8 +19,8 @@ import sys
 import time
 import uuid
 import xml.etree.ElementTree as ET
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
@@ -74,7 +74,7 @@ class SimulationResult:
     twiml: str
     heard: bytes  # mu-law 8 kHz: the gateway's audio as played, silence where nothing played
     events: list[Event]
-    # Per turn: end of the caller's speech (the last key without speech) -> first bot audio after it.
+    # Per turn: end of the caller's speech (or last key, without speech) -> first bot audio after.
     latencies: list[float | None]
     protocol_errors: list[str]  # what Twilio would reject (binary frames, bad JSON, wrong sid)
     close_code: int | None  # set when the gateway closed the websocket itself
@@ -95,7 +95,8 @@ class SimulationResult:
     def clear_delays(self) -> list[float]:
         """Per `clear`: seconds since the onset of the caller speech it interrupted."""
         onsets = self.times("caller_speech_start")
-        return [t - max(o for o in onsets if o <= t) for t in self.clears if onsets and onsets[0] <= t]
+        return [t - max(o for o in onsets if o <= t)
+                for t in self.clears if onsets and onsets[0] <= t]
 
     def heard_pcm16(self) -> bytes:
         return mulaw.decode(self.heard)
@@ -131,8 +132,10 @@ def load_wav(path: str | Path) -> bytes:
         raise SimulationError(f"{path}: {exc}") from None
 
 
-def speech_segments(audio: bytes, threshold: int = 300, hangover: float = 0.4) -> list[tuple[float, float]]:
-    """(start, end) seconds of speech in mu-law audio by frame energy; pauses under `hangover` join."""
+def speech_segments(
+    audio: bytes, threshold: int = 300, hangover: float = 0.4
+) -> list[tuple[float, float]]:
+    """(start, end) seconds of speech in mu-law audio by frame energy; shorter pauses join."""
     segments: list[list[float]] = []
     for index in range(0, len(audio) // FRAME_BYTES):
         frame = mulaw.decode(audio[index * FRAME_BYTES:(index + 1) * FRAME_BYTES])
@@ -146,17 +149,30 @@ def speech_segments(audio: bytes, threshold: int = 300, hangover: float = 0.4) -
     return [(a, b) for a, b in segments]
 
 
+@dataclass(slots=True)
+class Segment:
+    """One `media` message of the gateway as played: from sample `start` of the stream."""
+
+    start: int
+    audio: bytes
+    arrival: float  # stream seconds when it was received
+
+    @property
+    def stop(self) -> int:
+        return self.start + len(self.audio)
+
+
 class Playout:
     """Twilio's output buffer on the simulator's clock (in samples, so nothing drifts)."""
 
     def __init__(self) -> None:
-        self.segments: list[list] = []  # [start_sample, audio, arrival seconds]
+        self.segments: list[Segment] = []
         self.end = 0  # sample at which everything buffered has played
         self.pending: list[tuple[int, str]] = []  # (due sample, mark name)
 
     def add(self, now: float, audio: bytes) -> None:
         start = max(round(now * RATE), self.end)
-        self.segments.append([start, audio, now])
+        self.segments.append(Segment(start, audio, now))
         self.end = start + len(audio)
 
     def mark(self, now: float, name: str) -> None:
@@ -175,9 +191,9 @@ class Playout:
 
     def cut(self, now: float) -> None:
         at = round(now * RATE)
-        self.segments = [s for s in self.segments if s[0] < at]
+        self.segments = [s for s in self.segments if s.start < at]
         for s in self.segments:
-            s[1] = s[1][:max(0, at - s[0])]
+            s.audio = s.audio[:at - s.start]
         self.end = min(self.end, at)
 
     def buffered(self, now: float) -> bool:
@@ -187,30 +203,29 @@ class Playout:
         return now - self.end / RATE
 
     def spoke_since(self, t: float) -> bool:
-        return any(arrival >= t for _, _, arrival in self.segments)
+        return any(s.arrival >= t for s in self.segments)
 
     def playing_since(self, t: float, now: float) -> bool:
         at = round(now * RATE)
-        return any(arrival >= t and start <= at < start + len(audio)
-                   for start, audio, arrival in self.segments)
+        return any(s.arrival >= t and s.start <= at < s.stop for s in self.segments)
 
     def spans(self, gap: float = 0.1) -> list[tuple[float, float]]:
         """Stretches of played bot audio; gaps under `gap` seconds count as one stretch."""
         spans: list[list[int]] = []
-        for start, audio, _ in self.segments:
-            if not audio:
+        for s in self.segments:
+            if not s.audio:
                 continue
-            if spans and start - spans[-1][1] < gap * RATE:
-                spans[-1][1] = max(spans[-1][1], start + len(audio))
+            if spans and s.start - spans[-1][1] < gap * RATE:
+                spans[-1][1] = max(spans[-1][1], s.stop)
             else:
-                spans.append([start, start + len(audio)])
+                spans.append([s.start, s.stop])
         return [(a / RATE, b / RATE) for a, b in spans]
 
     def render(self, until: float) -> bytes:
         """The played audio from the start of the stream to `until`, silence in the gaps."""
         out = bytearray(mulaw.silence(round(until * RATE)))
-        for start, audio, _ in self.segments:
-            out[start:start + len(audio)] = audio
+        for s in self.segments:
+            out[s.start:s.stop] = s.audio
         return bytes(out)
 
 
@@ -228,7 +243,8 @@ class _Clock:
     async def wait_next_frame(self, idle: bool) -> None:
         """A frame is sent once its 20 ms have been captured, as a phone would."""
         if self.realtime:
-            await asyncio.sleep(max(0.0, self.t0 + (self.frames + 1) * FRAME_SECONDS - time.monotonic()))
+            due = self.t0 + (self.frames + 1) * FRAME_SECONDS
+            await asyncio.sleep(max(0.0, due - time.monotonic()))
         else:
             await asyncio.sleep(FRAME_SECONDS if idle else 0)
 
@@ -294,7 +310,8 @@ async def simulate_call(
         response = await http.post(base + VOICE_PATH, data=params, headers={
             "X-Twilio-Signature": validator.compute_signature(signed, params)})
     if response.status_code != 200:
-        raise SimulationError(f"voice webhook answered HTTP {response.status_code}: {response.text[:200]}")
+        raise SimulationError(
+            f"voice webhook answered HTTP {response.status_code}: {response.text[:200]}")
     stream_url, custom = parse_twiml(response.text)
 
     clock = _Clock(realtime)
@@ -310,8 +327,8 @@ async def simulate_call(
     def message(event: str, **body: object) -> str:
         nonlocal sequence
         sequence += 1
-        head: dict[str, object] = {"event": event, "sequenceNumber": str(sequence), "streamSid": stream_sid}
-        return json.dumps({**head, **body})
+        return json.dumps({"event": event, "sequenceNumber": str(sequence),
+                           "streamSid": stream_sid, **body})
 
     async with connect(
         _websocket_address(stream_url, base), proxy=None, compression=None, max_size=None,
@@ -339,9 +356,11 @@ async def simulate_call(
                     else:
                         raise ValueError(f"unknown event {event!r}")
                 except (ValueError, KeyError, TypeError) as exc:
-                    errors.append(f"t={now:.2f}s invalid message (Twilio error 31951): {exc}: {data[:120]}")
+                    errors.append(
+                        f"t={now:.2f}s invalid message (Twilio error 31951): {exc}: {data[:120]}")
 
-        scheduled = sorted((at + i * DIGIT_GAP_SECONDS, d) for at, keys in dtmf_at for i, d in enumerate(keys))
+        scheduled = sorted(
+            (at + i * DIGIT_GAP_SECONDS, d) for at, keys in dtmf_at for i, d in enumerate(keys))
 
         async def frame(audio: bytes | None = None) -> None:
             """Send one 20 ms frame (silence by default), after due marks and key presses."""
@@ -367,7 +386,7 @@ async def simulate_call(
             return (playout.spoke_since(since) and playout.quiet_for(now) >= settle
                     and not playout.pending and not echo_now)
 
-        async def wait(condition, limit: float) -> None:
+        async def wait(condition: Callable[[], bool], limit: float) -> None:
             start = clock.now()
             while not condition() and clock.now() - start < limit:
                 await frame()
@@ -403,7 +422,9 @@ async def simulate_call(
                 for i in range(0, len(padded), FRAME_BYTES):
                     await frame(padded[i:i + FRAME_BYTES])
                 if turn.digits:
-                    scheduled.extend((clock.now() + i * DIGIT_GAP_SECONDS, d) for i, d in enumerate(turn.digits))
+                    now = clock.now()
+                    scheduled.extend(
+                        (now + i * DIGIT_GAP_SECONDS, d) for i, d in enumerate(turn.digits))
                     scheduled.sort()
                     await wait(lambda: not scheduled, len(turn.digits) * DIGIT_GAP_SECONDS + 1)
                 ends.append(offset + segments[-1][1] if segments else clock.now())
@@ -434,9 +455,9 @@ async def simulate_call(
     for start, stop in playout.spans():
         events.append(Event(start, "bot_audio_start"))
         events.append(Event(stop, "bot_audio_stop", f"{stop - start:.2f}s"))
-    arrivals = [(arrival, start / RATE) for start, audio, arrival in playout.segments if audio]
     for end in ends:
-        first = next((start for arrival, start in arrivals if arrival >= end), None)
+        first = next((s.start / RATE for s in playout.segments if s.audio and s.arrival >= end),
+                     None)
         latencies.append(None if first is None else first - end)
     events.sort(key=lambda e: e.t)
     return SimulationResult(call_sid, stream_sid, response.text, playout.render(duration), events,
@@ -452,15 +473,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--url", default="http://127.0.0.1:5001",
                         help="where the gateway listens (default %(default)s)")
     parser.add_argument("--public-url", help="the gateway's server.public_url, to sign the "
-                        "webhook as Twilio would (default: from config.yaml/environment, else --url)")
+                        "webhook as Twilio would (default: config.yaml/environment, else --url)")
     parser.add_argument("--auth-token", default="", help="Twilio auth token the gateway validates "
                         "with (default: twilio.auth_token from config.yaml/environment)")
     parser.add_argument("--from", dest="from_number", default="+34600000001")
     parser.add_argument("--to", dest="to_number", default="+34910000000")
     parser.add_argument("--fast", action="store_true",
-                        help="send audio as fast as possible; wait in real time only for the gateway")
+                        help="send audio as fast as possible; wait in real time only for the "
+                        "gateway")
     parser.add_argument("--tail", type=float, default=15.0,
-                        help="most seconds to wait for the bot to answer and finish (default %(default)s)")
+                        help="most seconds to wait for the bot to answer and finish "
+                        "(default %(default)s)")
     parser.add_argument("--no-wait-greeting", action="store_true",
                         help="speak at once instead of after the greeting has played")
 
@@ -495,8 +518,15 @@ def run(args: argparse.Namespace) -> int:
     except (SimulationError, OSError, httpx.HTTPError, websockets.InvalidHandshake) as exc:
         print(f"simulate: {exc}", file=sys.stderr)
         return 1
+    if args.fast:
+        print("(fast mode: times are stream time, not what a caller would wait)")
     print(result.timeline())
     if args.out:
         result.write_wav(args.out)
-        print(f"heard {result.duration:.2f}s ({result.audible_seconds():.2f}s of it audible) -> {args.out}")
+        audible = result.audible_seconds()
+        print(f"heard {result.duration:.2f}s ({audible:.2f}s of it audible) -> {args.out}")
+    if result.close_code not in (None, 1000):
+        print(f"simulate: the gateway closed the stream with code {result.close_code}",
+              file=sys.stderr)
+        return 1
     return 1 if result.protocol_errors else 0

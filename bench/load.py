@@ -360,6 +360,22 @@ class Run:
     turns: int
 
 
+def profile(server: Server, kind: str, count: int, args: argparse.Namespace,
+            logs: Path) -> subprocess.Popen[bytes] | None:
+    """py-spy samples the gateway over the window (it slows the server: not for figures).
+    `--gil`: only samples where Python runs, so time waiting in epoll is not charged to the
+    coroutine that ran last."""
+    if not args.profile or kind != "gateway" or server.process is None:
+        return None
+    out = logs / f"profile-{count}-{server.process.pid}.txt"
+    print(f"  profiling into {out}", flush=True)
+    installed = Path(sys.executable).with_name("py-spy")  # pip install ".[bench]"
+    return subprocess.Popen([str(installed) if installed.exists() else "py-spy", "record", "--pid", str(server.process.pid), "--gil", "--format",
+                             "raw", "--rate", "200", "--duration", str(int(args.seconds)),
+                             "--output", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def measure(kind: str, count: int, args: argparse.Namespace, rasa_url: str, logs: Path,
             payloads: list[str]) -> Run:
     with started(kind, args, rasa_url, logs) as server:
@@ -377,6 +393,7 @@ def measure(kind: str, count: int, args: argparse.Namespace, rasa_url: str, logs
             if not ours.poll(120):
                 raise RuntimeError("the load generator could not place the calls")
             ours.recv()
+            profiler = profile(server, kind, count, args, logs)
             before = scrape(server.url)
             cpu0 = server.process.cpu_times() if server.process else None
             t0 = time.monotonic()
@@ -387,6 +404,8 @@ def measure(kind: str, count: int, args: argparse.Namespace, rasa_url: str, logs
             after = scrape(server.url)
             ours.send("stop")
             stats = ours.recv()
+            if profiler is not None:
+                profiler.wait()
         finally:
             generator.join(30)
             if generator.is_alive():
@@ -467,6 +486,9 @@ def main(argv: list[str] | None = None) -> int:
                         "no CPU/memory: its process is not ours)")
     parser.add_argument("--public-url", help="with --url: its server.public_url (default: --url)")
     parser.add_argument("--auth-token", default=AUTH_TOKEN, help="with --url: its Twilio token")
+    parser.add_argument("--profile", action="store_true",
+                        help="sample the gateway with py-spy during each window (collapsed "
+                        "stacks in the log directory; the figures of such runs are skewed)")
     parser.add_argument("--stt", default="null", choices=["null", "pocketsphinx"])
     parser.add_argument("--tts", default="null", choices=["null", "espeak"])
     args = parser.parse_args(argv)

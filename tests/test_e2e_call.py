@@ -89,7 +89,9 @@ def rejected_frames(gw: RunningGateway) -> dict[str, float]:
 
 
 async def test_a_spoken_request_reaches_rasa_and_the_reply_is_heard(gw):
+    rejected_before = rejected_frames(gw)
     result = await call(gw, Turn(audio=caller("block_my_card")), from_number="+34600555666")
+    assert rejected_frames(gw) == rejected_before  # every message the simulator sent was valid
 
     (request,) = requests_of(gw, result)
     assert request["message"] == "block my card"

@@ -1,4 +1,4 @@
-"""The simulator against a small scripted gateway: signatures, Twilio's messages, playout, marks, clear.
+"""The simulator against a scripted gateway: signatures, Twilio's messages, playout, marks, clear.
 
 The fake gateway is a real Starlette app on a loopback port; it validates signatures like the real
 one, records every message it receives, and answers on a fixed script so the simulator's clock,
@@ -231,6 +231,16 @@ async def test_real_time_mode_runs_on_the_wall_clock(fake):
     assert result.duration == pytest.approx(frames * 0.02, abs=0.1)
     assert gateway.media_before("mark", "greeting") in range(14, 18)
     assert result.marks == ["greeting", "reply"]
+
+
+async def test_keys_can_be_pressed_at_fixed_times_even_while_speaking(fake):
+    gateway, server = fake
+    result = await simulate_call(server.url, [Turn(audio=tone(1.0), when="now")],
+                                 auth_token=TOKEN, realtime=False, tail=2, dtmf_at=[(0.5, "4*")])
+    # Keys go out once their time has come, 200 ms apart, between the audio frames.
+    assert gateway.media_before("dtmf", '"4"') == 25
+    assert gateway.media_before("dtmf", '"*"') == 35
+    assert [e.detail for e in result.events if e.kind == "dtmf"] == ["4", "*"]
 
 
 async def test_the_gateway_hanging_up_ends_the_simulation(fake):

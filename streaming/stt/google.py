@@ -17,7 +17,6 @@ from typing import Any
 
 import grpc
 from google.api_core import exceptions as google_exceptions
-from google.api_core.client_options import ClientOptions
 from google.auth import exceptions as auth_exceptions
 from google.cloud.speech_v1 import SpeechAsyncClient
 from google.cloud.speech_v1.services.speech.transports import SpeechGrpcAsyncIOTransport
@@ -30,7 +29,9 @@ from google.cloud.speech_v1.types import (
 )
 from prometheus_client import Counter
 
+from streaming.google_client import build_client, describe
 from streaming.ports import SpeechError, Transcript
+from streaming.tasks import cancel_and_wait
 
 logger = logging.getLogger(__name__)
 
@@ -101,16 +102,9 @@ class GoogleSpeechToText:
         if self._closed:
             raise SpeechError("the Google recognizer is closed")
         if self._client is None:
-            if not self.endpoint:
-                self._client = SpeechAsyncClient()
-            elif self.insecure:
-                channel = grpc.aio.insecure_channel(self.endpoint)
-                self._client = SpeechAsyncClient(
-                    transport=SpeechGrpcAsyncIOTransport(channel=channel)
-                )
-            else:
-                options = ClientOptions(api_endpoint=self.endpoint)
-                self._client = SpeechAsyncClient(client_options=options)
+            self._client = build_client(
+                SpeechAsyncClient, SpeechGrpcAsyncIOTransport, self.endpoint, self.insecure
+            )
         return self._client
 
     def config_request(self, language: str) -> StreamingRecognizeRequest:
@@ -257,7 +251,7 @@ class GoogleRecognitionStream:
                 raise _StreamFailed("no connection within the timeout", False) from None
             return  # the restart deadline: the caller opens the next stream
         except _STREAM_ERRORS as exc:
-            raise _StreamFailed(_describe(exc), self._healthy) from exc
+            raise _StreamFailed(describe(exc), self._healthy) from exc
         finally:
             if writer is not None:
                 await cancel_and_wait(writer)
@@ -324,21 +318,3 @@ class GoogleRecognitionStream:
         if text:
             self._out.put_nowait(Transcript(text, is_final, confidence, start_ms, self._last_end_ms))
 
-
-async def cancel_and_wait(task: asyncio.Task[object]) -> None:
-    """Cancel a helper task and wait for it, without swallowing our own cancellation."""
-    task.cancel()
-    try:
-        await task
-    except asyncio.CancelledError:
-        current = asyncio.current_task()
-        if current is not None and current.cancelling():
-            raise
-    except Exception:  # its failure was already reported through the stream that broke
-        pass
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, google_exceptions.GoogleAPICallError) and exc.grpc_status_code:
-        return f"{exc.grpc_status_code.name}: {exc.message}"
-    return str(exc) or type(exc).__name__

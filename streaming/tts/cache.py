@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Iterable
 from prometheus_client import Counter
 
 from streaming.ports import SynthesisError, TextToSpeech
+from streaming.tasks import cancel_and_wait
 
 logger = logging.getLogger(__name__)
 
@@ -104,7 +105,7 @@ class CachedTextToSpeech:
             flight.readers -= 1
             if flight.readers == 0 and flight.task is not None and not flight.task.done():
                 # Nobody listens any more: stop the synthesis and keep nothing partial.
-                await _cancel_and_wait(flight.task)
+                await cancel_and_wait(flight.task)
 
     async def _fill(self, key: _Key, flight: _Flight, text: str, language: str) -> None:
         complete = False
@@ -161,18 +162,8 @@ class CachedTextToSpeech:
     async def aclose(self) -> None:
         for flight in list(self._flights.values()):
             if flight.task is not None:
-                await _cancel_and_wait(flight.task)
+                await cancel_and_wait(flight.task)
         self._entries.clear()
         self._bytes = 0
         await self.inner.aclose()
 
-
-async def _cancel_and_wait(task: asyncio.Task[None]) -> None:
-    """Cancel a helper task and wait for it, without swallowing our own cancellation."""
-    task.cancel()
-    try:
-        await task
-    except asyncio.CancelledError:
-        current = asyncio.current_task()
-        if current is not None and current.cancelling():
-            raise

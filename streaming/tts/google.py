@@ -17,7 +17,6 @@ from collections.abc import AsyncIterator
 
 import grpc
 from google.api_core import exceptions as google_exceptions
-from google.api_core.client_options import ClientOptions
 from google.auth import exceptions as auth_exceptions
 from google.cloud.texttospeech_v1 import TextToSpeechAsyncClient
 from google.cloud.texttospeech_v1.services.text_to_speech.transports import (
@@ -32,7 +31,9 @@ from google.cloud.texttospeech_v1.types import (
     VoiceSelectionParams,
 )
 
+from streaming.google_client import build_client, describe
 from streaming.ports import SynthesisError
+from streaming.tasks import cancel_and_wait
 
 _SENTENCE_END = re.compile(r"(?<=[.!?…])\s+")
 _MIN_SENTENCE_CHARS = 12  # shorter pieces ("Sr.", "Adiós.") ride along with a neighbour
@@ -127,16 +128,10 @@ class GoogleTextToSpeech:
         if self._closed:
             raise SynthesisError("the Google synthesizer is closed")
         if self._client is None:
-            if not self.endpoint:
-                self._client = TextToSpeechAsyncClient()
-            elif self.insecure:
-                channel = grpc.aio.insecure_channel(self.endpoint)
-                self._client = TextToSpeechAsyncClient(
-                    transport=TextToSpeechGrpcAsyncIOTransport(channel=channel)
-                )
-            else:
-                options = ClientOptions(api_endpoint=self.endpoint)
-                self._client = TextToSpeechAsyncClient(client_options=options)
+            self._client = build_client(
+                TextToSpeechAsyncClient, TextToSpeechGrpcAsyncIOTransport, self.endpoint,
+                self.insecure,
+            )
         return self._client
 
     async def synthesize(self, text: str, language: str) -> AsyncIterator[bytes]:
@@ -154,15 +149,7 @@ class GoogleTextToSpeech:
                 if audio:
                     yield audio
         finally:
-            pending.cancel()  # the prefetch nobody will hear (no-op when finished)
-            try:
-                await pending
-            except SynthesisError:
-                pass  # already raised above, or for a sentence nobody asked for any more
-            except asyncio.CancelledError:
-                current = asyncio.current_task()
-                if current is not None and current.cancelling():
-                    raise
+            await cancel_and_wait(pending)  # the prefetch nobody will hear (no-op when finished)
 
     async def _synthesize_one(self, sentence: str, language: str) -> bytes:
         request = SynthesizeSpeechRequest(
@@ -177,7 +164,7 @@ class GoogleTextToSpeech:
                 request=request, retry=None, timeout=self.timeout_seconds
             )
         except _ERRORS as exc:
-            raise SynthesisError(f"Google synthesis failed: {_describe(exc)}") from exc
+            raise SynthesisError(f"Google synthesis failed: {describe(exc)}") from exc
         return strip_wav_header(response.audio_content)
 
     async def aclose(self) -> None:
@@ -186,8 +173,3 @@ class GoogleTextToSpeech:
         if client is not None:
             await client.transport.close()
 
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, google_exceptions.GoogleAPICallError) and exc.grpc_status_code:
-        return f"{exc.grpc_status_code.name}: {exc.message}"
-    return str(exc) or type(exc).__name__

@@ -82,16 +82,16 @@ def running_gateway(
 ) -> Iterator[RunningGateway]:
     """Start a Rasa bot and the gateway wired to it; `changes` are Settings.replace sections.
 
-    Signatures are validated with AUTH_TOKEN and no public URL (the simulator's default).
+    Unless `changes` say otherwise, signatures are validated with AUTH_TOKEN and there is no
+    public URL (the simulator's defaults).
     """
     bot = bot or RasaBot()
     with running(bot.app()) as rasa:
-        settings = (settings or Settings()).replace(**changes).replace(
-            rasa={"url": f"{rasa.url}/webhooks/rest/webhook"},
+        settings = (settings or Settings()).replace(
             twilio={"auth_token": AUTH_TOKEN, "account_sid": ACCOUNT_SID,
                     "validate_signatures": True},
             server={"public_url": "", "host": "127.0.0.1"},
-        )
+        ).replace(**changes).replace(rasa={"url": f"{rasa.url}/webhooks/rest/webhook"})
         app = create_app(settings)
         probe = _LoopProbe(app)
         server = ServerThread(probe).start(timeout=60)
