@@ -380,6 +380,8 @@ def _check(s: Settings) -> None:
         "call.dtmf_timeout_seconds": s.call.dtmf_timeout_seconds,
         "call.outbound_chunk_ms": s.call.outbound_chunk_ms,
         "stt.google.restart_seconds": s.stt.google.restart_seconds,
+        "stt.google.timeout_seconds": s.stt.google.timeout_seconds,
+        "tts.google.timeout_seconds": s.tts.google.timeout_seconds,
         "stt.pocketsphinx.workers": s.stt.pocketsphinx.workers,
         "tts.google.speaking_rate": s.tts.google.speaking_rate,
     }

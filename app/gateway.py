@@ -10,6 +10,7 @@ from app.config import Settings
 from app.prompts import spoken_prompts
 from streaming.ports import SpeechToText, TextToSpeech
 from streaming.session import split_sentences
+from streaming.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     from app.rasa import RasaClient
@@ -60,8 +61,7 @@ class Gateway:
 
     async def aclose(self) -> None:
         if self.warming is not None:
-            self.warming.cancel()
-            await asyncio.gather(self.warming, return_exceptions=True)
+            await cancel_and_wait(self.warming)
         for session in list(self.calls.values()):
             await session.aclose()
         await self.stt.aclose()

@@ -24,7 +24,7 @@ _SEPARATOR = r"(?:[\s+-]|%20|\.(?=[0-9]{3,4}(?![0-9])))"
 PAN = re.compile(
     rf"(?<![0-9A-Za-z])(?<![0-9]\.)[0-9](?:{_SEPARATOR}?[0-9]){{12,}}(?![0-9A-Za-z])"
 )
-_NOT_DIGITS = re.compile(r"[^0-9]")
+_NOT_DIGITS = re.compile(r"%20|[^0-9]")  # what is left of a card number: its digits
 
 FIELDS = (
     "timestamp",
@@ -52,8 +52,9 @@ def mask_card_numbers(text: str) -> str:
     """
 
     def _mask(match: re.Match[str]) -> str:
-        count = len(_NOT_DIGITS.sub("", match.group()))
-        return "*" * count if count > 19 else "*" * (count - 4) + match.group()[-4:]
+        digits = _NOT_DIGITS.sub("", match.group())
+        kept = digits[-4:] if len(digits) <= 19 else ""
+        return "*" * (len(digits) - len(kept)) + kept
 
     return PAN.sub(_mask, text)
 
@@ -100,6 +101,17 @@ def _json_safe(value: Any) -> Any:
 
 class _GatewayHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """Marks the handler we installed, so reconfiguring replaces it and leaves others alone."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        """Report a record that could not be written (a bad log call) without its arguments.
+
+        logging's own report prints the arguments, caller data, unmasked to stderr.
+        """
+        if logging.raiseExceptions:
+            sys.stderr.write(mask_card_numbers(
+                f"--- Logging error: {sys.exc_info()[1]!r} in {record.name} "
+                f"({record.pathname}:{record.lineno}); message {record.msg!r}\n"
+            ))
 
 
 def configure_logging(settings: Settings, stream: IO[str] | None = None) -> logging.Handler:

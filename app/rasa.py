@@ -14,6 +14,7 @@ import httpx
 from app import metrics
 from app.config import RasaSettings
 from streaming.ports import BotError, BotMessage
+from streaming.tasks import cancel_and_wait
 
 logger = logging.getLogger("app.rasa")
 
@@ -59,6 +60,8 @@ class RasaClient:
             raise self._failed(sender, "connect", str(exc) or type(exc).__name__) from exc
         except httpx.TransportError as exc:
             raise self._failed(sender, "transport", str(exc) or type(exc).__name__) from exc
+        except httpx.DecodingError as exc:  # a body its Content-Encoding does not describe
+            raise self._failed(sender, "invalid_reply", f"undecodable body: {exc}") from exc
         finally:
             metrics.RASA_SECONDS.observe(time.perf_counter() - started)
 
@@ -99,8 +102,7 @@ class RasaClient:
 
     async def aclose(self) -> None:
         if self._refresh is not None:
-            self._refresh.cancel()
-            await asyncio.gather(self._refresh, return_exceptions=True)
+            await cancel_and_wait(self._refresh)
         await self._client.aclose()
 
     def _is_fresh(self) -> bool:

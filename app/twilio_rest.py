@@ -35,7 +35,7 @@ DEFAULT_API_BASE_URL = "https://api.twilio.com"
 _NO_BASE_URL = ("the gateway's public URL is unknown: set server.public_url "
                 "(or bind the request's base URL with for_base_url)")
 # A SID goes into the request path: letters and digits only, so it cannot reach another resource.
-_SID = re.compile(r"^[A-Za-z0-9]{2,64}$")
+_SID = re.compile(r"[A-Za-z0-9]{2,64}")
 _HTTP_SCHEMES = {"ws": "http", "wss": "https", "http": "http", "https": "https"}
 
 
@@ -102,7 +102,7 @@ class TwilioCallControl:
             raise self._failed(operation, call_sid, "not_configured",
                                "Twilio credentials are not configured "
                                "(twilio.account_sid and twilio.auth_token)")
-        if not _SID.match(call_sid):
+        if not _SID.fullmatch(call_sid):
             raise self._failed(operation, call_sid, "invalid_call_sid",
                                f"not a call SID: {call_sid[:70]!r}")
         try:

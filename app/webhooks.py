@@ -145,7 +145,7 @@ async def speech(request: Request, gateway: Gateway, form: Form) -> str:
 
     logger.info(
         "caller said: %s",
-        text,
+        text if kind == "speech" else f"{len(text)} digits",  # keyed digits are card numbers
         extra={"event": "gather_input", "input": kind, "confidence": form.get("Confidence"), **log},
     )
     metadata = {

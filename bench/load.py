@@ -52,6 +52,9 @@ FRAME_SECONDS = 0.02
 SERVER_CORE, LOAD_CORE = 0, 1
 WARMUP_SECONDS = 3.0  # after every call has started, before the measurement window
 FIXTURES = ROOT / "tests" / "fixtures"
+SLOTS = 4  # instants per 20 ms at which calls' frames go out
+# What the scripted bot answers every turn: two sentences, ~4 s of (null) speech.
+BOT_REPLY = "Entendido. ¿Me confirma los cuatro últimos dígitos de la tarjeta?"
 MiB = 1024 * 1024
 
 TARGET_CPU_RATIO = 1.3
@@ -156,27 +159,30 @@ class Generator:
         return [call for call in placed if call is not None]
 
     async def pace(self, calls: list[_Call], until: asyncio.Event) -> None:
-        """Every 20 ms, one frame for every call (after its due marks), on one shared clock."""
+        """Every 20 ms, one frame for every call (after its due marks), on one shared clock.
+        The calls' frames are spread over SLOTS instants of the 20 ms, as independent calls'
+        are, rather than all arriving in one burst."""
         payloads, n = self.payloads, len(self.payloads)
-        start, tick = time.monotonic(), 0
+        groups = [calls[i::SLOTS] for i in range(SLOTS)]
+        start, slot = time.monotonic(), 0
         while not until.is_set():
-            tick += 1
-            due = start + tick * FRAME_SECONDS
+            slot += 1
+            due = start + slot * FRAME_SECONDS / SLOTS
             delay = due - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
-            for call in calls:
+            frame = slot // SLOTS
+            for call in groups[slot % SLOTS]:
                 if call.dropped:
                     continue
-                playout = call.playout
-                marks = call.echo_now + playout.due_marks(time.monotonic() - call.t0)
+                marks = call.echo_now + call.playout.due_marks(time.monotonic() - call.t0)
                 call.echo_now.clear()
                 try:
                     for name in marks:
                         await call.ws.send(call.message("mark", f'"mark":{{"name":"{name}"}}'))
                     await call.ws.send(call.message("media", (
-                        f'"media":{{"track":"inbound","chunk":"{tick}","timestamp":"{tick * 20}",'
-                        f'"payload":"{payloads[(tick + call.index * 37) % n]}"}}')))
+                        f'"media":{{"track":"inbound","chunk":"{frame}","timestamp":"{frame * 20}",'
+                        f'"payload":"{payloads[(frame + call.index * 37) % n]}"}}')))
                 except ConnectionClosed:
                     call.dropped = True
                     continue
@@ -241,12 +247,13 @@ def _generator_process(conn: Connection, url: str, public_url: str, token: str, 
 
 
 def caller_payloads() -> list[str]:
-    """One caller's loop, base64 per 20 ms frame: an utterance, the frame that makes the null
-    recognizer emit its final (streaming/stt/null.py), then the line's noise floor."""
+    """One caller's turn, looped, base64 per 20 ms frame: an utterance, the frame that makes the
+    null recognizer emit its final (streaming/stt/null.py), then the line's noise floor while
+    the bot answers (BOT_REPLY) and a pause: a turn every 8.8 s."""
     end_of_turn = NULL_STT_MARKER.ljust(FRAME_BYTES, NULL_STT_MARKER[:1])
     audio = load_wav(FIXTURES / "block_my_card.wav")
     audio += mulaw.silence(-len(audio) % FRAME_BYTES) + end_of_turn
-    audio += load_wav(FIXTURES / "silence.wav")
+    audio += load_wav(FIXTURES / "silence.wav") * 3
     audio += mulaw.silence(-len(audio) % FRAME_BYTES)
     return [base64.b64encode(audio[i:i + FRAME_BYTES]).decode()
             for i in range(0, len(audio), FRAME_BYTES)]
@@ -506,7 +513,8 @@ def main(argv: list[str] | None = None) -> int:
     logs = Path(tempfile.mkdtemp(prefix="bench-"))
     print(f"server on core {SERVER_CORE}, load on core {LOAD_CORE}; engines stt={args.stt} "
           f"tts={args.tts}; {args.seconds:g} s windows; server logs in {logs}")
-    with running(RasaBot().app()) as rasa:
+    bot = RasaBot(reply=lambda text: [{"recipient_id": "bench", "text": BOT_REPLY}])
+    with running(bot.app()) as rasa:
         rasa_url = rasa.url + "/webhooks/rest/webhook"
         for count in counts:
             runs = []

@@ -28,6 +28,7 @@ def build_client(
 
 
 def describe(exc: BaseException) -> str:
+    """A failure in a few words for logs and errors: the gRPC status and Google's message."""
     if isinstance(exc, google_exceptions.GoogleAPICallError) and exc.grpc_status_code:
         return f"{exc.grpc_status_code.name}: {exc.message}"
     return str(exc) or type(exc).__name__

@@ -95,6 +95,8 @@ def test_file_from_gateway_config_then_environment(tmp_path: Path) -> None:
         ({"RASA_TIMEOUT_SECONDS": "0"}, "rasa.timeout_seconds"),
         ({"RASA_TIMEOUT_SECONDS": "nan"}, "rasa.timeout_seconds"),
         ({"RASA_CONNECT_TIMEOUT_SECONDS": "inf"}, "rasa.connect_timeout_seconds"),
+        ({"STT_GOOGLE_TIMEOUT_SECONDS": "0"}, "stt.google.timeout_seconds"),
+        ({"TTS_GOOGLE_TIMEOUT_SECONDS": "-1"}, "tts.google.timeout_seconds"),
         ({"GATHER_NO_INPUT_LIMIT": "-1"}, "gather.no_input_limit"),
         ({"GATHER_SPEECH_TIMEOUT": "soon"}, "gather.speech_timeout"),
         ({"GREETING_TIMEZONE": "Mars/Olympus"}, "greeting.timezone"),

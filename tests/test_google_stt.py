@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -78,17 +79,12 @@ SpeechFactory = Callable[..., Awaitable[FakeSpeechServer]]
 @pytest.fixture
 async def start_speech() -> AsyncIterator[SpeechFactory]:
     """Start fake Speech servers (scripted by keyword arguments); all stop at teardown."""
-    servers: list[FakeSpeechServer] = []
+    async with contextlib.AsyncExitStack() as servers:
 
-    async def start(**script: Any) -> FakeSpeechServer:
-        server = FakeSpeechServer(**script)
-        servers.append(server)
-        await server.start()
-        return server
+        async def start(**script: Any) -> FakeSpeechServer:
+            return await servers.enter_async_context(FakeSpeechServer(**script))
 
-    yield start
-    for server in servers:
-        await server.stop()
+        yield start
 
 
 @pytest.fixture

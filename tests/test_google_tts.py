@@ -29,12 +29,8 @@ def make_engine(address: str, **overrides: object) -> GoogleTextToSpeech:
 
 @pytest.fixture
 async def server() -> AsyncIterator[FakeTextToSpeechServer]:
-    fake = FakeTextToSpeechServer()
-    await fake.start()
-    yield fake
-    for gate in fake.gates.values():
-        gate.set()
-    await fake.stop()
+    async with FakeTextToSpeechServer() as fake:
+        yield fake
 
 
 @pytest.fixture
@@ -69,14 +65,12 @@ async def test_request_fields_and_raw_mulaw(
 
 async def test_wav_answers_are_stripped_to_their_samples() -> None:
     samples = bytes(range(256)) * 3 + b"\x7f"  # odd length
-    fake = FakeTextToSpeechServer(audio_for=lambda text: samples, wav=True)
-    await fake.start()
-    tts = make_engine(fake.address)
-    try:
-        assert await collect(tts, FIRST) == [samples]
-    finally:
-        await tts.aclose()
-        await fake.stop()
+    async with FakeTextToSpeechServer(audio_for=lambda text: samples, wav=True) as fake:
+        tts = make_engine(fake.address)
+        try:
+            assert await collect(tts, FIRST) == [samples]
+        finally:
+            await tts.aclose()
 
 
 def test_strip_wav_header_walks_the_chunks() -> None:

@@ -13,27 +13,12 @@ from prometheus_client import REGISTRY
 from app.prompts import greeting_text
 from tests.support.http_gateway import AGENT, PUBLIC, SID, Running, gateway
 from tests.support.rasa_bot import RasaBot
-from tests.support.servers import ServerThread, free_port, running
+from tests.support.servers import ServerThread, free_port
 from tests.support.twilio_sign import call_params, signed_post
 
 SPEECH = f"{PUBLIC}/webhook/twilio/speech"
 DIALED = f"{PUBLIC}/webhook/twilio/fallback?dialed=1"
 SAY = {"language": "es-ES", "voice": "Polly.Lucia"}
-
-
-@pytest.fixture(scope="module")
-def bot_server() -> Iterator[tuple[RasaBot, ServerThread]]:
-    bot = RasaBot()
-    with running(bot.app()) as server:
-        yield bot, server
-
-
-@pytest.fixture
-def bot(bot_server: tuple[RasaBot, ServerThread]) -> RasaBot:
-    bot = bot_server[0]
-    bot.mode, bot.delay_seconds, bot.reply = "ok", 0.0, RasaBot.reply
-    bot.requests.clear()
-    return bot
 
 
 @pytest.fixture(scope="module")

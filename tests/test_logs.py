@@ -17,7 +17,7 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
 from app.config import Settings
-from app.logs import configure_logging, mask_card_numbers, startup_warnings
+from app.logs import JsonFormatter, configure_logging, mask_card_numbers, startup_warnings
 from tests.support.servers import running
 
 PAN = "4111111111111111"
@@ -87,6 +87,33 @@ def test_card_numbers_are_masked_everywhere(log_output: io.StringIO, pan: str) -
     assert number["card"] == masked
 
 
+@pytest.mark.parametrize(
+    ("written", "masked"),
+    [
+        ("4539\u00a01488\u00a00343\u00a06467", "************6467"),  # no-break spaces
+        ("card=4539+1488+0343+6467&x=1", "card=************6467&x=1"),  # a query string
+        ("card=4539%201488%200343%206467", "card=************6467"),
+        ("4.539.148.803.436.467", "************6467"),  # Spanish thousands grouping
+        ("45391488034364671227.", "********************."),  # with the expiry: masked whole
+        ("at 1732548000.1234567 s", "at 1732548000.1234567 s"),  # a timestamp is no card
+    ],
+)
+def test_other_ways_of_writing_card_numbers(written: str, masked: str) -> None:
+    assert mask_card_numbers(written) == masked
+
+
+def test_a_bad_log_call_does_not_print_its_arguments(
+    log_output: io.StringIO, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (handler,) = [h for h in logging.getLogger().handlers if isinstance(h.formatter, JsonFormatter)]
+    record = logging.LogRecord("app.test", logging.INFO, __file__, 1, "said %s and %s", (PAN,),
+                               None)
+    handler.handle(record)  # formatting fails: one argument for two placeholders
+    err = capsys.readouterr().err
+    assert "Logging error" in err and "said %s and %s" in err
+    assert PAN not in err and log_output.getvalue() == ""
+
+
 def test_ordinary_numbers_are_not_masked(log_output: io.StringIO) -> None:
     sid = "CA1234567890123456789abcdef012345"
     logging.getLogger("app.test").info(
@@ -104,7 +131,9 @@ def test_ordinary_numbers_are_not_masked(log_output: io.StringIO) -> None:
 
 @given(
     digits=st.text(alphabet="0123456789", min_size=13, max_size=19),
-    separators=st.lists(st.sampled_from(["", " ", "-"]), min_size=18, max_size=18),
+    separators=st.lists(
+        st.sampled_from(["", " ", "-", "\u00a0", "+", "%20"]), min_size=18, max_size=18
+    ),
     before=st.sampled_from(["", "tarjeta ", "pan=", "(", '"']),
     after=st.sampled_from(["", ".", " gracias", ")", ","]),
 )

@@ -13,23 +13,7 @@ from app.config import RasaSettings, Settings
 from app.rasa import RasaClient
 from streaming.ports import BotError, BotMessage
 from tests.support.rasa_bot import RasaBot
-from tests.support.servers import ServerThread, free_port, running
-
-
-@pytest.fixture(scope="module")
-def bot_server() -> Iterator[tuple[RasaBot, ServerThread]]:
-    bot = RasaBot()
-    with running(bot.app()) as server:
-        yield bot, server
-
-
-@pytest.fixture
-def bot(bot_server: tuple[RasaBot, ServerThread]) -> RasaBot:
-    bot = bot_server[0]
-    bot.mode, bot.delay_seconds = "ok", 0.0
-    bot.reply = RasaBot.reply
-    bot.requests.clear()
-    return bot
+from tests.support.servers import free_port, running
 
 
 def rasa_settings(base: str, **changes: object) -> RasaSettings:
@@ -95,6 +79,7 @@ async def test_reply_parsing(bot: RasaBot, bot_server: tuple) -> None:
         ("error", "http_status"),
         ("garbage", "invalid_json"),
         ("not_a_list", "invalid_reply"),
+        ("bad_gzip", "invalid_reply"),
         ("slow", "timeout"),
     ],
 )

@@ -40,12 +40,8 @@ class Counts:
 
 @pytest.fixture
 async def server() -> AsyncIterator[FakeTextToSpeechServer]:
-    fake = FakeTextToSpeechServer(audio_for=lambda text: text.encode() * 10)
-    await fake.start()
-    yield fake
-    for gate in fake.gates.values():
-        gate.set()
-    await fake.stop()
+    async with FakeTextToSpeechServer(audio_for=audio) as fake:
+        yield fake
 
 
 @pytest.fixture
@@ -184,6 +180,24 @@ async def test_abandoned_synthesis_is_cancelled_and_not_cached(
     release.set()
     assert await say(cache, BOTH) == audio(FIRST) + audio(SECOND)
     assert server.texts() == [FIRST, SECOND, FIRST, SECOND]
+
+
+async def test_request_arriving_while_an_abandoned_synthesis_stops_gets_its_own(
+    server: FakeTextToSpeechServer, google: GoogleTextToSpeech
+) -> None:
+    """The last listener left (barge-in); another call asks for the same text before the
+    abandoned synthesis has finished stopping: it must not inherit that synthesis' cancellation."""
+    cache = CachedTextToSpeech(google, size=8)
+    release = server.gate(SECOND)
+    chunks = cache.synthesize(BOTH, "es-ES")
+    assert await asyncio.wait_for(anext(chunks), 10) == audio(FIRST)
+    leaving = asyncio.create_task(chunks.aclose())
+    await asyncio.sleep(0)  # the synthesis is being cancelled, not stopped yet
+    assert not leaving.done()
+    arriving = asyncio.create_task(say(cache, BOTH))
+    await leaving
+    release.set()
+    assert await asyncio.wait_for(arriving, 10) == audio(FIRST) + audio(SECOND)
 
 
 async def test_cancelled_listener_does_not_stop_the_others(

@@ -250,8 +250,9 @@ async def test_missing_credentials_fail_when_used_not_when_built(api: TwilioApi)
 async def test_a_call_sid_cannot_reach_another_resource(
     api: TwilioApi, control: TwilioCallControl
 ) -> None:
-    with pytest.raises(CallControlError, match="not a call SID"):
-        await control.hang_up("../../Messages")
+    for sid in ("../../Messages", CALL + "\n"):  # "$" alone would let a final newline through
+        with pytest.raises(CallControlError, match="not a call SID"):
+            await control.hang_up(sid)
     assert api.requests == []
 
 

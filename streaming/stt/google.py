@@ -317,4 +317,3 @@ class GoogleRecognitionStream:
         self._last_end_ms = max(self._last_end_ms, end // BYTES_PER_MS)
         if text:
             self._out.put_nowait(Transcript(text, is_final, confidence, start_ms, self._last_end_ms))
-

@@ -104,7 +104,10 @@ class CachedTextToSpeech:
         finally:
             flight.readers -= 1
             if flight.readers == 0 and flight.task is not None and not flight.task.done():
-                # Nobody listens any more: stop the synthesis and keep nothing partial.
+                # Nobody listens any more: stop the synthesis and keep nothing partial. It is
+                # forgotten first: a request arriving while it stops must not join it.
+                if self._flights.get(key) is flight:
+                    del self._flights[key]
                 await cancel_and_wait(flight.task)
 
     async def _fill(self, key: _Key, flight: _Flight, text: str, language: str) -> None:
@@ -166,4 +169,3 @@ class CachedTextToSpeech:
         self._entries.clear()
         self._bytes = 0
         await self.inner.aclose()
-

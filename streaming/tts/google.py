@@ -172,4 +172,3 @@ class GoogleTextToSpeech:
         client, self._client = self._client, None
         if client is not None:
             await client.transport.close()
-

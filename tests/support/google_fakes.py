@@ -12,6 +12,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Self
 
 import grpc
 from google.cloud.speech_v1.types import (
@@ -43,7 +44,39 @@ class RecordedStream:
     finals_sent: list[int] = field(default_factory=list)  # result_end_time of each final, in bytes
 
 
-class FakeSpeechServer:
+class _LocalServer:
+    """A grpc.aio server on a free 127.0.0.1 port serving the handler a subclass gives.
+
+    `async with` starts and stops it; `start()` also returns its address.
+    """
+
+    address = ""
+    _server: grpc.aio.Server | None = None
+
+    def _handler(self) -> grpc.GenericRpcHandler:
+        raise NotImplementedError
+
+    async def start(self) -> str:
+        self._server = grpc.aio.server()
+        self._server.add_generic_rpc_handlers((self._handler(),))
+        port = self._server.add_insecure_port("127.0.0.1:0")
+        await self._server.start()
+        self.address = f"127.0.0.1:{port}"
+        return self.address
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            await self._server.stop(grace=None)
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+
+class FakeSpeechServer(_LocalServer):
     """Scriptable StreamingRecognize.
 
     Per stream: an interim result every `interim_every` bytes and a final every `final_every`
@@ -67,11 +100,9 @@ class FakeSpeechServer:
         self.fail_after = dict(fail_after or {})
         self.fail_code = fail_code
         self.streams: list[RecordedStream] = []
-        self.address = ""
-        self._server: grpc.aio.Server | None = None
 
-    async def start(self) -> str:
-        handler = grpc.method_handlers_generic_handler(
+    def _handler(self) -> grpc.GenericRpcHandler:
+        return grpc.method_handlers_generic_handler(
             "google.cloud.speech.v1.Speech",
             {
                 "StreamingRecognize": grpc.stream_stream_rpc_method_handler(
@@ -81,16 +112,6 @@ class FakeSpeechServer:
                 )
             },
         )
-        self._server = grpc.aio.server()
-        self._server.add_generic_rpc_handlers((handler,))
-        port = self._server.add_insecure_port("127.0.0.1:0")
-        await self._server.start()
-        self.address = f"127.0.0.1:{port}"
-        return self.address
-
-    async def stop(self) -> None:
-        if self._server is not None:
-            await self._server.stop(grace=None)
 
     def audio_requests(self, index: int) -> int:
         return len(self.streams[index].request_sizes)
@@ -149,7 +170,7 @@ def wav_mulaw(audio: bytes, *, extra_chunk: bool = True) -> bytes:
     return b"RIFF" + struct.pack("<I", 4 + len(chunks)) + b"WAVE" + chunks
 
 
-class FakeTextToSpeechServer:
+class FakeTextToSpeechServer(_LocalServer):
     """SynthesizeSpeech that answers `audio_for(text)` (wrapped in a WAV header when `wav`).
 
     `gates[text]` holds that text's answer until the event is set; `fail` lists texts answered
@@ -168,8 +189,6 @@ class FakeTextToSpeechServer:
         self.gates: dict[str, asyncio.Event] = {}
         self.started: dict[str, asyncio.Event] = {}
         self.fail: set[str] = set()
-        self.address = ""
-        self._server: grpc.aio.Server | None = None
 
     def texts(self) -> list[str]:
         return [request.input.text for request in self.requests]
@@ -180,8 +199,8 @@ class FakeTextToSpeechServer:
     def gate(self, text: str) -> asyncio.Event:
         return self.gates.setdefault(text, asyncio.Event())
 
-    async def start(self) -> str:
-        handler = grpc.method_handlers_generic_handler(
+    def _handler(self) -> grpc.GenericRpcHandler:
+        return grpc.method_handlers_generic_handler(
             "google.cloud.texttospeech.v1.TextToSpeech",
             {
                 "SynthesizeSpeech": grpc.unary_unary_rpc_method_handler(
@@ -191,16 +210,11 @@ class FakeTextToSpeechServer:
                 )
             },
         )
-        self._server = grpc.aio.server()
-        self._server.add_generic_rpc_handlers((handler,))
-        port = self._server.add_insecure_port("127.0.0.1:0")
-        await self._server.start()
-        self.address = f"127.0.0.1:{port}"
-        return self.address
 
     async def stop(self) -> None:
-        if self._server is not None:
-            await self._server.stop(grace=None)
+        for gate in self.gates.values():  # answers still held back are released first
+            gate.set()
+        await super().stop()
 
     async def _synthesize(
         self, request: SynthesizeSpeechRequest, context: grpc.aio.ServicerContext

@@ -26,7 +26,7 @@ class RasaBot:
     """Replies: a function of the incoming message, or the default echo of the text."""
 
     reply: Callable[[str], Reply] = lambda text: [{"recipient_id": "x", "text": f"Ha dicho: {text}"}]
-    mode: str = "ok"  # ok | slow | error | garbage | not_a_list
+    mode: str = "ok"  # ok | slow | error | garbage | not_a_list | bad_gzip
     delay_seconds: float = 0.0
     requests: list[dict[str, Any]] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -54,6 +54,9 @@ class RasaBot:
             return JSONResponse({"error": "boom"}, status_code=500)
         if self.mode == "garbage":
             return Response("<html>not json", media_type="application/json")
+        if self.mode == "bad_gzip":  # a body its Content-Encoding cannot decode
+            return Response(b"[]", media_type="application/json",
+                            headers={"content-encoding": "gzip"})
         if self.mode == "not_a_list":
             return Response(json.dumps({"text": "hola"}), media_type="application/json")
         return JSONResponse(self.reply(body.get("message", "")))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any, TypedDict, Unpack
 
 import httpx
 from twilio.request_validator import RequestValidator
@@ -23,30 +24,32 @@ def signed_headers(
     return {HEADER: signature(url, params, token)}
 
 
+class SignOptions(TypedDict, total=False):
+    token: str  # default: TOKEN
+    signed_url: str | None  # the URL Twilio signed (the public one); default: the URL posted to
+    headers: Mapping[str, str] | None  # more headers to send
+
+
+def signed_form(
+    url: str, params: Mapping[str, str], **options: Unpack[SignOptions]
+) -> dict[str, Any]:
+    """`client.post` keyword arguments for form `params`, signed like Twilio's."""
+    signed = signed_headers(options.get("signed_url") or url, params, options.get("token", TOKEN))
+    return {"data": dict(params), "headers": {**(options.get("headers") or {}), **signed}}
+
+
 def signed_post(
-    client: httpx.Client,
-    url: str,
-    params: Mapping[str, str],
-    token: str = TOKEN,
-    signed_url: str | None = None,
-    headers: Mapping[str, str] | None = None,
+    client: httpx.Client, url: str, params: Mapping[str, str], **options: Unpack[SignOptions]
 ) -> httpx.Response:
     """POST form `params` to `url`, signed over `signed_url` (the public URL; default: `url`)."""
-    headers = {**(headers or {}), **signed_headers(signed_url or url, params, token)}
-    return client.post(url, data=dict(params), headers=headers)
+    return client.post(url, **signed_form(url, params, **options))
 
 
 async def asigned_post(
-    client: httpx.AsyncClient,
-    url: str,
-    params: Mapping[str, str],
-    token: str = TOKEN,
-    signed_url: str | None = None,
-    headers: Mapping[str, str] | None = None,
+    client: httpx.AsyncClient, url: str, params: Mapping[str, str], **options: Unpack[SignOptions]
 ) -> httpx.Response:
     """The async twin of `signed_post`."""
-    headers = {**(headers or {}), **signed_headers(signed_url or url, params, token)}
-    return await client.post(url, data=dict(params), headers=headers)
+    return await client.post(url, **signed_form(url, params, **options))
 
 
 def call_params(
