@@ -28,8 +28,6 @@ class Gateway:
     # Live streamed calls by CallSid; the status webhook and drain look here.
     calls: dict[str, CallSession] = field(default_factory=dict)
     draining: bool = False
-    # Set when the last live call ends while draining.
-    idle: asyncio.Event = field(default_factory=asyncio.Event)
     warming: asyncio.Task[int] | None = None
 
     @classmethod

@@ -156,8 +156,6 @@ class _Stream:
             await session.aclose()
             if gateway.calls.get(session.call.call_sid) is session:
                 del gateway.calls[session.call.call_sid]
-            if gateway.draining and not gateway.calls:
-                gateway.idle.set()
         if self.rejected > LOGGED_REJECTIONS:
             logger.warning("%d websocket messages rejected in this call", self.rejected, extra={
                 "event": "frames_rejected", "call_sid": self.call_sid, "count": self.rejected})

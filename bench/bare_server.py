@@ -17,18 +17,15 @@ import sys
 from pathlib import Path
 
 import uvicorn
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
-from starlette.types import ASGIApp
 from starlette.websockets import WebSocket
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from audio import mulaw  # noqa: E402
-from bench.probe import probed  # noqa: E402
 
 STREAM_PATH = "/webhook/twilio/stream"
 
@@ -59,17 +56,12 @@ async def health(request: Request) -> Response:
     return Response('{"status":"ok"}', media_type="application/json")
 
 
-async def metrics(request: Request) -> Response:
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
-
-
-def create_app() -> ASGIApp:
-    return probed(Starlette(routes=[
+def create_app() -> Starlette:
+    return Starlette(routes=[
         Route("/webhook/twilio/voice", voice, methods=["POST"]),
         Route("/health", health),
-        Route("/metrics", metrics),
         WebSocketRoute(STREAM_PATH, stream),
-    ]))
+    ])
 
 
 def main() -> None:

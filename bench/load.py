@@ -1,15 +1,17 @@
 """Load benchmark: N concurrent simulated Twilio calls against the gateway and a bare server.
 
     python bench/load.py --calls 10,50,100 --seconds 20
+    python bench/load.py --calls 100 --seconds 20 --no-turns
     python bench/load.py --calls 20 --seconds 20 --stt pocketsphinx --tts espeak
     python bench/load.py --calls 50 --seconds 20 --url http://127.0.0.1:5001 --auth-token TOKEN
 
-Each server runs in its own process pinned to core 0; the load generator runs in another process
+Servers run in their own processes pinned to core 0; the load generator runs in another process
 pinned to core 1 (this process, which also hosts the scripted Rasa bot, stays on core 1 too).
 Every call is what Twilio does: a signed voice webhook, a signed websocket, 50 `media` frames a
-second (speech then silence, in a loop), marks echoed once the audio before them has "played".
-All calls' frames go out on one shared 20 ms clock. Runs alternate bare, gateway, bare, gateway
-(`--rounds`) and the figures are the medians. bench/README.md explains every figure.
+second on one shared 20 ms clock, marks echoed once the audio before them has "played". Each
+round runs the gateway alone (latency, memory) and then bare server and gateway side by side on
+one core (the CPU ratio, per second, immune to this shared machine's swings); figures are medians
+over rounds. bench/README.md explains every figure.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import json
 import multiprocessing
 import os
@@ -32,6 +35,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
@@ -92,10 +96,7 @@ class Generator:
         self.url, self.public_url = url.rstrip("/"), public_url.rstrip("/")
         self.validator = RequestValidator(token)
         self.payloads = payloads  # base64 of each 20 ms frame of one caller's loop
-        self.calls: list[_Call] = []
-        self.failed = 0
         self.frames = self.late = 0
-        self.worst_late = 0.0
         self.stopping = False
 
     async def place(self, http: httpx.AsyncClient, index: int) -> _Call | None:
@@ -120,9 +121,8 @@ class Generator:
                           "callSid": call_sid, "tracks": ["inbound"], "customParameters": custom,
                           "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000,
                                           "channels": 1}}}))
-        except Exception as exc:  # counted as a failed call; the run goes on
+        except Exception as exc:  # counted as dropped; the run goes on
             print(f"call {index} failed to connect: {exc!r}", file=sys.stderr)
-            self.failed += 1
             return None
         call = _Call(index, ws, call_sid, stream_sid)
         call.receiver = asyncio.create_task(self.receive(call))
@@ -190,7 +190,6 @@ class Generator:
                 self.frames += 1
                 if late > FRAME_SECONDS:
                     self.late += 1
-                    self.worst_late = max(self.worst_late, late)
 
     async def hang_up(self, calls: list[_Call]) -> None:
         self.stopping = True
@@ -230,8 +229,8 @@ class Generator:
         stop.set()
         await pacer
         await self.hang_up(calls)
-        return {"held": held, "dropped": count - held, "failed": self.failed, "frames": frames,
-                "late": late, "worst_late": self.worst_late}
+        # Calls that never connected or that the server closed count as dropped alike.
+        return {"held": held, "frames": frames, "late": late}
 
 
 def _generator_process(conn: Connection, url: str, public_url: str, token: str, count: int,
@@ -246,13 +245,15 @@ def _generator_process(conn: Connection, url: str, public_url: str, token: str, 
     conn.send(run(Generator(url, public_url, token, payloads).run(conn, count)))
 
 
-def caller_payloads() -> list[str]:
+def caller_payloads(turns: bool = True) -> list[str]:
     """One caller's turn, looped, base64 per 20 ms frame: an utterance, the frame that makes the
     null recognizer emit its final (streaming/stt/null.py), then the line's noise floor while
-    the bot answers (BOT_REPLY) and a pause: a turn every 8.8 s."""
+    the bot answers (BOT_REPLY) and a pause: a turn every 8.8 s. Without `turns` the final never
+    comes: the caller talks, the bot never answers (the per-frame path alone)."""
     end_of_turn = NULL_STT_MARKER.ljust(FRAME_BYTES, NULL_STT_MARKER[:1])
     audio = load_wav(FIXTURES / "block_my_card.wav")
-    audio += mulaw.silence(-len(audio) % FRAME_BYTES) + end_of_turn
+    audio += mulaw.silence(-len(audio) % FRAME_BYTES)
+    audio += end_of_turn if turns else mulaw.silence(FRAME_BYTES)
     audio += load_wav(FIXTURES / "silence.wav") * 3
     audio += mulaw.silence(-len(audio) % FRAME_BYTES)
     return [base64.b64encode(audio[i:i + FRAME_BYTES]).decode()
@@ -271,7 +272,10 @@ class Server:
 
 
 @contextmanager
-def started(kind: str, args: argparse.Namespace, rasa_url: str, logs: Path) -> Iterator[Server]:
+def started(kind: str, args: argparse.Namespace, rasa_url: str, logs: Path,
+            probe: bool = False) -> Iterator[Server]:
+    """A bare or gateway server process on SERVER_CORE; `probe`: the gateway measures its
+    event-loop lag (bench/probe.py), only where latency is reported."""
     if args.url:
         yield Server(args.url, args.public_url or args.url, args.auth_token, None)
         return
@@ -283,7 +287,8 @@ def started(kind: str, args: argparse.Namespace, rasa_url: str, logs: Path) -> I
     if kind == "bare":
         command = [sys.executable, str(ROOT / "bench" / "bare_server.py"), "--port", str(port)]
     else:
-        command = [sys.executable, str(ROOT / "bench" / "gateway_server.py"), "--port", str(port)]
+        command = [sys.executable, str(ROOT / "bench" / "gateway_server.py"), "--port", str(port),
+                   *(["--probe"] if probe else [])]
         env.update({
             "SERVER_PUBLIC_URL": url, "TWILIO_AUTH_TOKEN": AUTH_TOKEN, "RASA_URL": rasa_url,
             "STT_ENGINE": args.stt, "TTS_ENGINE": args.tts,
@@ -315,7 +320,64 @@ def started(kind: str, args: argparse.Namespace, rasa_url: str, logs: Path) -> I
         log.close()
 
 
-# -- figures ------------------------------------------------------------------------------------
+# -- measuring -----------------------------------------------------------------------------------
+
+
+class Load:
+    """One load generator process placing `count` calls on one server, step by step."""
+
+    def __init__(self, server: Server, count: int, payloads: list[str]) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self.conn, theirs = ctx.Pipe()
+        self.process = ctx.Process(target=_generator_process, daemon=True, args=(
+            theirs, server.url, server.public_url, server.token, count, payloads))
+        self.process.start()
+
+    def expect(self, what: str, timeout: float) -> Any:
+        if not self.conn.poll(timeout):
+            raise RuntimeError(f"the load generator did not {what} within {timeout:.0f} s")
+        return self.conn.recv()
+
+    def warm(self) -> None:
+        self.expect("warm up", 60)
+
+    def place_calls(self) -> None:
+        self.conn.send("go")
+
+    def connected(self) -> None:
+        self.expect("place its calls", 120)
+
+    def stop(self) -> dict[str, float]:
+        self.conn.send("stop")
+        return self.expect("hang up", 60)
+
+    def close(self) -> None:
+        self.process.join(30)
+        if self.process.is_alive():
+            self.process.kill()
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time of every thread of the process, in nanoseconds from the scheduler
+    (/proc/PID/task/*/schedstat): psutil's cpu_times count 10 ms ticks, too coarse here."""
+    total = 0
+    for stat in Path(f"/proc/{pid}/task").glob("*/schedstat"):
+        with contextlib.suppress(OSError):  # a thread that just ended
+            total += int(stat.read_text().split()[0])
+    return total / 1e9
+
+
+def cpu_rates(pids: dict[str, int], seconds: float) -> dict[str, list[float]]:
+    """Each process's CPU use (in cores) in every second of the window."""
+    rates: dict[str, list[float]] = {name: [] for name in pids}
+    last, then = {name: cpu_seconds(pid) for name, pid in pids.items()}, time.monotonic()
+    for _ in range(max(1, round(seconds))):
+        time.sleep(1.0)
+        now, clock = {name: cpu_seconds(pid) for name, pid in pids.items()}, time.monotonic()
+        for name in pids:
+            rates[name].append((now[name] - last[name]) / (clock - then))
+        last, then = now, clock
+    return rates
 
 
 def scrape(url: str) -> dict[str, dict[str, float]]:
@@ -348,16 +410,32 @@ def percentile(before: dict[str, float], after: dict[str, float], q: float) -> f
     return None
 
 
+def profile(server: Server, count: int, args: argparse.Namespace,
+            logs: Path) -> subprocess.Popen[bytes] | None:
+    """py-spy samples the gateway over the window (it slows the server: not for figures).
+    `--gil`: only samples where Python runs, so time waiting in epoll is not charged to the
+    coroutine that ran last."""
+    if not args.profile or server.process is None:
+        return None
+    out = logs / f"profile-{count}-{server.process.pid}.txt"
+    print(f"  profiling into {out}", flush=True)
+    installed = Path(sys.executable).with_name("py-spy")  # pip install ".[bench]"
+    return subprocess.Popen([str(installed) if installed.exists() else "py-spy", "record",
+                             "--pid", str(server.process.pid), "--gil", "--format", "raw",
+                             "--rate", "200", "--duration", str(int(args.seconds)),
+                             "--output", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 @dataclass
-class Run:
-    kind: str
-    calls: int
+class Solo:
+    """The gateway alone on its core: what a caller would notice, and memory."""
+
     held: int
     dropped: int
-    failed: int
     frames: int
     late: int
-    cpu_per_call: float | None  # share of one core per live call
+    cpu_per_call: float | None  # cores per live call
     memory_per_call: float | None  # bytes
     lag_p50: float | None
     lag_p99: float | None
@@ -367,72 +445,86 @@ class Run:
     turns: int
 
 
-def profile(server: Server, kind: str, count: int, args: argparse.Namespace,
-            logs: Path) -> subprocess.Popen[bytes] | None:
-    """py-spy samples the gateway over the window (it slows the server: not for figures).
-    `--gil`: only samples where Python runs, so time waiting in epoll is not charged to the
-    coroutine that ran last."""
-    if not args.profile or kind != "gateway" or server.process is None:
-        return None
-    out = logs / f"profile-{count}-{server.process.pid}.txt"
-    print(f"  profiling into {out}", flush=True)
-    installed = Path(sys.executable).with_name("py-spy")  # pip install ".[bench]"
-    return subprocess.Popen([str(installed) if installed.exists() else "py-spy", "record", "--pid", str(server.process.pid), "--gil", "--format",
-                             "raw", "--rate", "200", "--duration", str(int(args.seconds)),
-                             "--output", str(out)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+@dataclass
+class Pair:
+    """Bare server and gateway side by side on one core, loaded alike, sampled each second."""
+
+    held: int  # fewest calls either server held
+    dropped: int
+    frames: int
+    late: int
+    bare_cpu_per_call: float
+    gateway_cpu_per_call: float
+    ratio: float  # median of the per-second gateway/bare CPU ratios
 
 
-def measure(kind: str, count: int, args: argparse.Namespace, rasa_url: str, logs: Path,
-            payloads: list[str]) -> Run:
-    with started(kind, args, rasa_url, logs) as server:
-        ctx = multiprocessing.get_context("spawn")
-        ours, theirs = ctx.Pipe()
-        generator = ctx.Process(target=_generator_process, daemon=True, args=(
-            theirs, server.url, server.public_url, server.token, count, payloads))
-        generator.start()
+def measure_gateway(count: int, args: argparse.Namespace, rasa_url: str, logs: Path,
+                    payloads: list[str]) -> Solo:
+    with started("gateway", args, rasa_url, logs, probe=True) as server:
+        load = Load(server, count, payloads)
         try:
-            if not ours.poll(60):
-                raise RuntimeError("the load generator did not warm up")
-            ours.recv()
+            load.warm()
             idle_rss = server.process.memory_info().rss if server.process else 0
-            ours.send("go")
-            if not ours.poll(120):
-                raise RuntimeError("the load generator could not place the calls")
-            ours.recv()
-            profiler = profile(server, kind, count, args, logs)
+            load.place_calls()
+            load.connected()
+            profiler = profile(server, count, args, logs)
             before = scrape(server.url)
-            cpu0 = server.process.cpu_times() if server.process else None
-            t0 = time.monotonic()
-            time.sleep(args.seconds)
-            cpu1 = server.process.cpu_times() if server.process else None
-            elapsed = time.monotonic() - t0
+            if server.process:
+                rates = cpu_rates({"gateway": server.process.pid}, args.seconds)["gateway"]
+            else:
+                time.sleep(args.seconds)
+                rates = []
             rss = server.process.memory_info().rss if server.process else 0
             after = scrape(server.url)
-            ours.send("stop")
-            stats = ours.recv()
+            stats = load.stop()
             if profiler is not None:
                 profiler.wait()
         finally:
-            generator.join(30)
-            if generator.is_alive():
-                generator.kill()
+            load.close()
     held = int(stats["held"])
-    cpu = None
-    if cpu0 is not None and cpu1 is not None and held:
-        cpu = (cpu1.user + cpu1.system - cpu0.user - cpu0.system) / elapsed / held
 
     def pct(name: str, q: float) -> float | None:
         return percentile(before.get(name, {}), after[name], q) if name in after else None
 
-    turns = "gateway_stream_turn_latency_seconds"
-    total = after.get(turns, {}).get("+Inf", 0) - before.get(turns, {}).get("+Inf", 0)
-    return Run(
-        kind, count, held, int(stats["dropped"]), int(stats["failed"]), int(stats["frames"]),
-        int(stats["late"]), cpu, (rss - idle_rss) / held if server.process and held else None,
-        pct("bench_event_loop_lag_seconds", 0.5), pct("bench_event_loop_lag_seconds", 0.99),
-        pct(turns, 0.5), pct(turns, 0.99), pct("gateway_stream_bot_latency_seconds", 0.5),
-        int(total))
+    lag, turn = "bench_event_loop_lag_seconds", "gateway_stream_turn_latency_seconds"
+    turns = after.get(turn, {}).get("+Inf", 0) - before.get(turn, {}).get("+Inf", 0)
+    return Solo(
+        held, count - held, int(stats["frames"]), int(stats["late"]),
+        statistics.median(rates) / held if rates and held else None,
+        (rss - idle_rss) / held if server.process and held else None,
+        pct(lag, 0.5), pct(lag, 0.99), pct(turn, 0.5), pct(turn, 0.99),
+        pct("gateway_stream_bot_latency_seconds", 0.5), int(turns))
+
+
+def measure_pair(count: int, args: argparse.Namespace, rasa_url: str, logs: Path,
+                 payloads: list[str]) -> Pair:
+    with started("bare", args, rasa_url, logs) as bare, \
+            started("gateway", args, rasa_url, logs) as gateway:
+        servers = {"bare": bare, "gateway": gateway}
+        loads = {name: Load(server, count, payloads) for name, server in servers.items()}
+        try:
+            for load in loads.values():
+                load.warm()
+                load.place_calls()
+            for load in loads.values():
+                load.connected()
+            rates = cpu_rates({name: s.process.pid for name, s in servers.items() if s.process},
+                              args.seconds)
+            stats = {name: load.stop() for name, load in loads.items()}
+        finally:
+            for load in loads.values():
+                load.close()
+    held = min(int(s["held"]) for s in stats.values())
+    ratios = [g / b for g, b in zip(rates["gateway"], rates["bare"]) if b > 0]
+    return Pair(
+        held, sum(count - int(s["held"]) for s in stats.values()),
+        sum(int(s["frames"]) for s in stats.values()), sum(int(s["late"]) for s in stats.values()),
+        statistics.median(rates["bare"]) / max(held, 1),
+        statistics.median(rates["gateway"]) / max(held, 1),
+        statistics.median(ratios) if ratios else float("nan"))
+
+
+# -- report ---------------------------------------------------------------------------------------
 
 
 def median(values: list[float | None]) -> float | None:
@@ -444,43 +536,40 @@ def fmt(value: float | None, scale: float = 1.0, unit: str = "", digits: int = 1
     return "n/a" if value is None else f"{value * scale:.{digits}f}{unit}"
 
 
-def report(count: int, runs: list[Run], checks: list[tuple[str, bool]]) -> None:
-    print(f"\n== {count} calls: medians of {len(runs) // 2 or len(runs)} runs each ==")
-    by_kind = {kind: [r for r in runs if r.kind == kind] for kind in ("bare", "gateway")}
-    for kind, rs in by_kind.items():
-        if not rs:
-            continue
-        late = sum(r.late for r in rs) / max(1, sum(r.frames for r in rs))
-        print(
-            f"{kind:>8}: held {min(r.held for r in rs)}/{count}  "
-            f"dropped {max(r.dropped + r.failed for r in rs)}  "
-            f"late frames {late:.2%}  "
-            f"CPU/call {fmt(median([r.cpu_per_call for r in rs]), 100, '% core', 2)}  "
-            f"mem/call {fmt(median([r.memory_per_call for r in rs]), 1 / 1024, ' KiB', 0)}  "
-            f"loop lag p50/p99 {fmt(median([r.lag_p50 for r in rs]), 1000, '')}/"
-            f"{fmt(median([r.lag_p99 for r in rs]), 1000, ' ms')}"
-            + (f"  turn p50/p99 {fmt(median([r.turn_p50 for r in rs]), 1000, '')}/"
-               f"{fmt(median([r.turn_p99 for r in rs]), 1000, ' ms')}"
-               f" ({sum(r.turns for r in rs)} turns; bot p50 "
-               f"{fmt(median([r.bot_p50 for r in rs]), 1000, ' ms')})"
-               if kind == "gateway" else ""))
-    gateway, bare = by_kind["gateway"], by_kind["bare"]
-    cpu_g = median([r.cpu_per_call for r in gateway])
-    cpu_b = median([r.cpu_per_call for r in bare])
-    if cpu_g is not None and cpu_b:
-        ratio = cpu_g / cpu_b
+def report(count: int, solos: list[Solo], pairs: list[Pair],
+           checks: list[tuple[str, bool]]) -> None:
+    print(f"\n== {count} calls: medians of {len(solos)} rounds ==")
+    late = sum(r.late for r in solos) / max(1, sum(r.frames for r in solos))
+    m = {name: median([getattr(r, name) for r in solos]) for name in (
+        "cpu_per_call", "memory_per_call", "lag_p50", "lag_p99", "turn_p50", "turn_p99",
+        "bot_p50")}
+    print(f"gateway alone: held {min(r.held for r in solos)}/{count}, "
+          f"dropped {max(r.dropped for r in solos)}, late frames {late:.2%}, "
+          f"CPU/call {fmt(m['cpu_per_call'], 100, '% of a core', 3)}, "
+          f"memory/call {fmt(m['memory_per_call'], 1 / 1024, ' KiB', 0)}")
+    print(f"               frame wait (loop lag) p50/p99 {fmt(m['lag_p50'], 1000)}/"
+          f"{fmt(m['lag_p99'], 1000, ' ms')}, turn latency p50/p99 {fmt(m['turn_p50'], 1000)}/"
+          f"{fmt(m['turn_p99'], 1000, ' ms')} ({sum(r.turns for r in solos)} turns; bot round "
+          f"trip p50 {fmt(m['bot_p50'], 1000, ' ms')})")
+    if pairs:
+        late = sum(p.late for p in pairs) / max(1, sum(p.frames for p in pairs))
+        ratio = statistics.median(p.ratio for p in pairs)
+        print(f"side by side:  held {min(p.held for p in pairs)}/{count} each, dropped "
+              f"{max(p.dropped for p in pairs)}, late frames {late:.2%}; CPU/call bare "
+              f"{fmt(median([p.bare_cpu_per_call for p in pairs]), 100, '', 3)}% vs gateway "
+              f"{fmt(median([p.gateway_cpu_per_call for p in pairs]), 100, '', 3)}% of a core: "
+              f"gateway/bare {ratio:.2f}x (rounds: "
+              + ", ".join(f"{p.ratio:.2f}" for p in pairs) + ")")
         checks.append((f"{count} calls: gateway CPU per call {ratio:.2f}x bare "
                        f"(<= {TARGET_CPU_RATIO}x)", ratio <= TARGET_CPU_RATIO))
-    memory = median([r.memory_per_call for r in gateway])
-    if memory is not None:
-        checks.append((f"{count} calls: memory per call {memory / MiB:.2f} MiB "
-                       f"(<= {TARGET_MEMORY / MiB:.0f} MiB)", memory <= TARGET_MEMORY))
-    turn = median([r.turn_p99 for r in gateway])
-    if count == TARGET_TURN_CALLS and turn is not None:
-        checks.append((f"{count} calls: turn latency p99 {turn * 1000:.1f} ms "
-                       f"(<= {TARGET_TURN_P99 * 1000:.0f} ms)", turn <= TARGET_TURN_P99))
-    if any(r.dropped or r.failed for r in runs):
-        checks.append((f"{count} calls: no call dropped", False))
+    if m["memory_per_call"] is not None:
+        checks.append((f"{count} calls: memory per call {m['memory_per_call'] / MiB:.2f} MiB "
+                       f"(<= {TARGET_MEMORY / MiB:.0f} MiB)", m["memory_per_call"] <= TARGET_MEMORY))
+    if count == TARGET_TURN_CALLS and m["turn_p99"] is not None:  # None with --no-turns
+        checks.append((f"{count} calls: turn latency p99 {m['turn_p99'] * 1000:.1f} ms "
+                       f"(<= {TARGET_TURN_P99 * 1000:.0f} ms)", m["turn_p99"] <= TARGET_TURN_P99))
+    dropped = max([r.dropped for r in solos] + [p.dropped for p in pairs])
+    checks.append((f"{count} calls: no call dropped ({dropped})", dropped == 0))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -488,44 +577,52 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calls", default="10,50,100", help="comma-separated call counts")
     parser.add_argument("--seconds", type=float, default=20, help="measurement window per run")
     parser.add_argument("--rounds", type=int, default=2,
-                        help="runs per server and call count, alternated (default %(default)s)")
+                        help="rounds per call count, each a solo and a side-by-side run "
+                        "(default %(default)s)")
     parser.add_argument("--url", help="measure a gateway already running there (no bare run, "
                         "no CPU/memory: its process is not ours)")
     parser.add_argument("--public-url", help="with --url: its server.public_url (default: --url)")
     parser.add_argument("--auth-token", default=AUTH_TOKEN, help="with --url: its Twilio token")
     parser.add_argument("--profile", action="store_true",
-                        help="sample the gateway with py-spy during each window (collapsed "
+                        help="sample the gateway with py-spy during each solo window (collapsed "
                         "stacks in the log directory; the figures of such runs are skewed)")
+    parser.add_argument("--no-turns", action="store_true",
+                        help="the caller talks but never finishes a sentence: no bot turn, no "
+                        "outbound audio; measures the per-frame path alone")
     parser.add_argument("--stt", default="null", choices=["null", "pocketsphinx"])
     parser.add_argument("--tts", default="null", choices=["null", "espeak"])
     args = parser.parse_args(argv)
     counts = [int(n) for n in args.calls.split(",")]
     if len(os.sched_getaffinity(0)) < 2:
-        print("bench: needs two cores (server on one, load on the other)", file=sys.stderr)
+        print("bench: needs two cores (servers on one, load on the other)", file=sys.stderr)
         return 2
     os.sched_setaffinity(0, {LOAD_CORE})
     from tests.support.rasa_bot import RasaBot
     from tests.support.servers import running
 
-    payloads = caller_payloads()
-    kinds = ["gateway"] if args.url else ["bare", "gateway"]
+    payloads = caller_payloads(turns=not args.no_turns)
     checks: list[tuple[str, bool]] = []
     logs = Path(tempfile.mkdtemp(prefix="bench-"))
-    print(f"server on core {SERVER_CORE}, load on core {LOAD_CORE}; engines stt={args.stt} "
-          f"tts={args.tts}; {args.seconds:g} s windows; server logs in {logs}")
+    print(f"servers on core {SERVER_CORE}, load on core {LOAD_CORE}; engines stt={args.stt} "
+          f"tts={args.tts}; {'no turns' if args.no_turns else 'a turn every 8.8 s'}; "
+          f"{args.seconds:g} s windows; server logs in {logs}")
     bot = RasaBot(reply=lambda text: [{"recipient_id": "bench", "text": BOT_REPLY}])
     with running(bot.app()) as rasa:
         rasa_url = rasa.url + "/webhooks/rest/webhook"
         for count in counts:
-            runs = []
+            solos, pairs = [], []
             for round_ in range(args.rounds):
-                for kind in kinds:
-                    run = measure(kind, count, args, rasa_url, logs, payloads)
-                    runs.append(run)
-                    print(f"  round {round_ + 1} {kind:>7}: held {run.held}/{count}, CPU/call "
-                          f"{fmt(run.cpu_per_call, 100, '% core', 2)}, turns {run.turns}",
-                          flush=True)
-            report(count, runs, checks)
+                solo = measure_gateway(count, args, rasa_url, logs, payloads)
+                solos.append(solo)
+                line = (f"  round {round_ + 1}: gateway alone CPU/call "
+                        f"{fmt(solo.cpu_per_call, 100, '%', 3)}, turn p99 "
+                        f"{fmt(solo.turn_p99, 1000, ' ms')}")
+                if not args.url:
+                    pair = measure_pair(count, args, rasa_url, logs, payloads)
+                    pairs.append(pair)
+                    line += f"; side by side gateway/bare {pair.ratio:.2f}x"
+                print(line, flush=True)
+            report(count, solos, pairs, checks)
     print("\n== targets ==")
     for text, ok in checks:
         print(f"{'PASS' if ok else 'FAIL'}  {text}")

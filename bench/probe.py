@@ -1,8 +1,8 @@
 """Event-loop lag inside a benchmarked server: how long a frame that has arrived waits for the loop.
 
 A timer asks to wake every PERIOD; how late it wakes is how long any ready callback (a socket
-read carrying a media frame included) waits behind the work already queued. The same probe runs
-in the bare server and in the gateway, and shows in each one's GET /metrics.
+read carrying a media frame included) waits behind the work already queued. bench/load.py runs
+the gateway with it in its solo runs and reads the histogram from GET /metrics.
 """
 
 from __future__ import annotations

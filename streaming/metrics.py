@@ -15,9 +15,9 @@ _PREFIX = "gateway_stream_"
 ACTIVE_CALLS = Gauge(f"{_PREFIX}active_calls", "Calls with a live media stream in this process.")
 CALLS = Counter(f"{_PREFIX}calls", "Media streams that reached `start`.")
 MEDIA_FRAMES = Counter(f"{_PREFIX}media_frames", "Inbound media frames handled (added per call).")
-STT_AUDIO_DROPPED = Counter(
-    f"{_PREFIX}stt_audio_dropped",
-    "100 ms audio batches dropped because the recognizer fell behind.",
+STT_FEED_ERRORS = Counter(
+    f"{_PREFIX}stt_feed_errors",
+    "Recognizer feeds that raised (the call degrades to the Gather path).",
 )
 TURNS = Counter(f"{_PREFIX}turns", "Caller turns (speech or DTMF) sent to the bot.")
 BARGE_INS = Counter(f"{_PREFIX}barge_ins", "Replies interrupted by the caller (audio cleared).")

@@ -31,8 +31,10 @@ class SynthesisError(Exception):
 
 
 class RecognitionStream(Protocol):
-    async def feed(self, mulaw: bytes) -> None:
-        """Queue 8 kHz mu-law audio. Cheap and never blocks the event loop."""
+    def feed(self, mulaw: bytes) -> None:
+        """Queue 8 kHz mu-law audio; the engine's own task or worker picks it up. Cheap, never
+        blocks, bounds its own backlog. Synchronous because a task wake-up per 100 ms batch cost
+        ~8% CPU per call (bench/README.md); raising here degrades the call like SpeechError."""
 
     def results(self) -> AsyncIterator[Transcript]:
         """Interim and final transcripts until `close`; raises SpeechError on failure."""

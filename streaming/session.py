@@ -4,8 +4,9 @@ The websocket endpoint hands every inbound event to a `CallSession` and the sess
 messages through the `send` callable it was given, so the whole state machine runs without sockets
 in tests. Work is split so the 50-per-second frame path stays synchronous and cheap:
 
-- `on_media` (sync, per frame): VAD, barge-in, and a bytearray that is handed to the recognizer
-  in 100 ms batches through a queue (one feeder task; no task or await per frame).
+- `on_media` (sync, per frame): VAD, barge-in, and a bytearray that is handed to the recognizer's
+  synchronous `feed` in 100 ms batches (no task or await per frame or per batch; each engine
+  bounds its own backlog and fails with SpeechError when it falls behind).
 - worker task: greeting, then one caller input at a time: bot -> actions -> synthesized audio.
 - sender task: the only writer to the socket, so `clear` can drop audio queued behind it.
 - recognizer task: final transcripts become caller inputs.
@@ -82,8 +83,6 @@ class SessionConfig:
     vad_hangover_ms: int = 600
     # Audio is handed to the recognizer in batches of this much (DESIGN.md: never per 20 ms frame).
     stt_batch_ms: int = 100
-    # Batches queued for a recognizer that fell behind before new ones are dropped (~5 s).
-    stt_max_backlog: int = 50
     # Sentences sent beyond the last one the caller is known to have heard (>= 2 avoids gaps).
     sentences_ahead: int = 2
     # How much longer than the audio itself to wait for a sentence's mark.
@@ -167,10 +166,10 @@ class CallSession:
         self._barge_ms = config.barge_in_min_speech_ms
         self._batch_bytes = chunk_size(config.stt_batch_ms)
         self._pending = bytearray()
-        self._audio: asyncio.Queue[bytes] = asyncio.Queue(config.stt_max_backlog)
         self._outbox: asyncio.Queue[tuple[str, float | None]] = asyncio.Queue()
         self._inputs: asyncio.Queue[_Utterance | _Silence] = asyncio.Queue()
         self._stream: RecognitionStream | None = None
+        self._feed: Callable[[bytes], None] | None = None  # the stream's, until it raises
         self._tasks: list[asyncio.Task[None]] = []
         self._worker: asyncio.Task[None] | None = None
         self._active = False  # inbound events are processed (between start and stop/ending)
@@ -215,7 +214,7 @@ class CallSession:
         self._worker = self._spawn(self._converse(), "worker")
         self._spawn(self._send_loop(), "sender")
         if self._stream is not None:
-            self._spawn(self._feed_loop(), "feeder")
+            self._feed = self._stream.feed
             self._spawn(self._recognize(), "recognizer")
 
     def _spawn(self, coro: Any, name: str) -> asyncio.Task[None]:
@@ -320,13 +319,19 @@ class CallSession:
     # -- frame-path helpers ------------------------------------------------------------------
 
     def _flush_audio(self) -> None:
-        if not self._pending:
+        pending, feed = self._pending, self._feed
+        if not pending:
             return
-        try:
-            self._audio.put_nowait(bytes(self._pending))
-        except asyncio.QueueFull:
-            metrics.STT_AUDIO_DROPPED.inc()
-        self._pending.clear()
+        if feed is not None:
+            try:
+                feed(bytes(pending))
+            except Exception as exc:  # an engine bug: degrade once, never break the frame path
+                self._feed = None
+                metrics.STT_FEED_ERRORS.inc()
+                logger.error("speech recognizer rejected audio: %r", exc,
+                             extra={"event": "stt_feed_failed", **self._log})
+                self._spawn(self._degrade("stt", exc), "degrader")
+        pending.clear()
 
     def _on_vad(self, event: VadEvent) -> None:
         if event is VadEvent.SPEECH_START:
@@ -413,15 +418,6 @@ class CallSession:
                 return
             if heard_at is not None:
                 metrics.TURN_LATENCY.observe(monotonic() - heard_at)
-
-    async def _feed_loop(self) -> None:
-        assert self._stream is not None
-        get, feed = self._audio.get, self._stream.feed
-        try:
-            while True:
-                await feed(await get())
-        except Exception as exc:
-            await self._degrade("stt", exc)
 
     async def _recognize(self) -> None:
         assert self._stream is not None

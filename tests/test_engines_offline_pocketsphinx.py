@@ -13,7 +13,11 @@ import pytest
 
 from audio import wav
 from streaming.ports import SpeechError, Transcript
-from streaming.stt.pocketsphinx import PocketsphinxRecognitionStream, PocketsphinxSpeechToText
+from streaming.stt.pocketsphinx import (
+    MAX_BEHIND_BYTES,
+    PocketsphinxRecognitionStream,
+    PocketsphinxSpeechToText,
+)
 from streaming.tts.espeak import EspeakTextToSpeech
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -47,7 +51,7 @@ async def recognize(stream: PocketsphinxRecognitionStream, mulaw: bytes,
 
     collector = asyncio.create_task(collect(stream.results()))
     for offset in range(0, len(mulaw), 160):
-        await stream.feed(mulaw[offset:offset + 160])
+        stream.feed(mulaw[offset:offset + 160])
     try:
         async with asyncio.timeout(30):  # a safety net, not a speed requirement
             await collector
@@ -124,7 +128,7 @@ async def test_interim_results_come_before_the_final_of_the_same_utterance(
     collector = asyncio.create_task(collect())
     mulaw = audio("i_lost_my_credit_card")
     for offset in range(0, len(mulaw), 160):  # in real time, as a caller speaks
-        await stream.feed(mulaw[offset:offset + 160])
+        stream.feed(mulaw[offset:offset + 160])
         await asyncio.sleep(0.02)
     async with asyncio.timeout(30):
         await collector
@@ -153,13 +157,33 @@ async def test_close_mid_utterance_ends_results_and_the_engine_goes_on(
     stream = engine.open("en-US")
     half = audio("i_lost_my_credit_card")[:12000]  # stops inside the phrase
     for offset in range(0, len(half), 160):
-        await stream.feed(half[offset:offset + 160])
+        stream.feed(half[offset:offset + 160])
     await stream.close()
     await stream.close()  # idempotent
     assert [t async for t in stream.results() if t.is_final] == []
-    await stream.feed(audio("yes"))  # ignored after close
+    stream.feed(audio("yes"))  # ignored after close
     heard = await recognize(engine.open("en-US"), audio("no"), finals=1)
     assert finals(heard) == ["no"]
+
+
+async def test_speech_piling_up_behind_a_busy_worker_raises_speech_error(
+    engine: PocketsphinxSpeechToText,
+) -> None:
+    """`feed` is synchronous and bounds the backlog itself: here the first batch's job cannot
+    finish (the loop never turns), so the rest of the speech piles up until the stream fails."""
+    stream = engine.open("en-US")
+    phrase = audio("i_lost_my_credit_card")
+    for _ in range(MAX_BEHIND_BYTES // len(phrase) + 2):  # mu-law: at least 2x the bound in PCM
+        for offset in range(0, len(phrase), 160):
+            stream.feed(phrase[offset:offset + 160])
+    with pytest.raises(SpeechError, match="fell behind"):
+        async with asyncio.timeout(30):  # a safety net, not a speed requirement
+            async for _ in stream.results():
+                pass
+    stream.feed(phrase)  # after the failure: ignored, nothing raised
+    await stream.close()
+    heard = await recognize(engine.open("en-US"), audio("yes"), finals=1)
+    assert finals(heard) == ["yes"]  # the worker is still fine for other calls
 
 
 async def test_a_call_in_spanish_logs_one_warning_per_language(

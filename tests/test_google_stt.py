@@ -14,7 +14,7 @@ from google.cloud.speech_v1.types import RecognitionConfig
 from prometheus_client import REGISTRY
 
 from streaming.ports import SpeechError, Transcript
-from streaming.stt.google import GoogleRecognitionStream, GoogleSpeechToText
+from streaming.stt.google import MAX_BEHIND_BYTES, GoogleRecognitionStream, GoogleSpeechToText
 from tests.support.google_fakes import FakeSpeechServer, transcript_for
 from tests.support.servers import free_port
 
@@ -35,7 +35,7 @@ async def eventually(condition: Callable[[], bool], timeout: float = 10.0) -> No
 async def feed_frames(stream: GoogleRecognitionStream, data: bytes, pause_every: int = 0) -> None:
     """Feed like Twilio does: 160-byte (20 ms) frames, optionally pausing every N frames."""
     for n, i in enumerate(range(0, len(data), 160), start=1):
-        await stream.feed(data[i : i + 160])
+        stream.feed(data[i : i + 160])
         if pause_every and n % pause_every == 0:
             await asyncio.sleep(0.05)
 
@@ -181,7 +181,23 @@ async def test_second_consecutive_error_raises_speech_error(start_speech: Speech
     await asyncio.wait_for(collector.task, 10)
     assert isinstance(collector.error, SpeechError)
     assert len(speech.streams) == 2
-    await stream.feed(audio(800))  # after the failure: ignored, nothing raised
+    stream.feed(audio(800))  # after the failure: ignored, nothing raised
+    await stream.close()
+    await engine.aclose()
+
+
+async def test_audio_piling_up_unsent_raises_speech_error() -> None:
+    """`feed` is synchronous and bounds the backlog itself: a writer that never runs fails."""
+    engine = make_engine(f"127.0.0.1:{free_port()}")
+    stream = engine.open("es-ES")
+    collector = Collector(stream)
+    backlog = audio(MAX_BEHIND_BYTES + 50 * 8000)  # + the 40 s of carried-over audio allowed
+    for i in range(0, len(backlog), 800):
+        stream.feed(backlog[i : i + 800])  # no await: the writer task never gets to run
+    await asyncio.wait_for(collector.task, 10)
+    assert isinstance(collector.error, SpeechError)
+    assert "fell behind" in str(collector.error)
+    stream.feed(audio(800))  # after the failure: ignored, nothing raised
     await stream.close()
     await engine.aclose()
 
@@ -190,7 +206,7 @@ async def test_unreachable_endpoint_raises_speech_error() -> None:
     engine = make_engine(f"127.0.0.1:{free_port()}")
     stream = engine.open("es-ES")
     collector = Collector(stream)
-    await stream.feed(audio(1600))
+    stream.feed(audio(1600))
     await asyncio.wait_for(collector.task, 10)
     assert isinstance(collector.error, SpeechError)
     await stream.close()
@@ -271,7 +287,7 @@ async def test_closed_engine_fails_streams_cleanly(speech: FakeSpeechServer) -> 
     await engine.aclose()
     stream = engine.open("es-ES")
     collector = Collector(stream)
-    await stream.feed(audio(800))
+    stream.feed(audio(800))
     await asyncio.wait_for(collector.task, 5)
     assert isinstance(collector.error, SpeechError) and speech.streams == []
     await stream.close()

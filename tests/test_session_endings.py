@@ -121,6 +121,26 @@ async def test_recognizer_failure_moves_the_call_to_gather() -> None:
     assert only_this_task()
 
 
+async def test_recognizer_feed_failure_moves_the_call_to_gather(caplog) -> None:
+    degraded = metric("gateway_stream_degradations_total", reason="stt")
+    errors = metric("gateway_stream_stt_feed_errors_total")
+    async with CallHarness() as h:
+        h.audio(tone(200))
+        await h.wait(lambda: h.recognition.fed, what="audio fed")
+        h.recognition.feed_error = ValueError("engine bug")
+        with caplog.at_level(logging.ERROR, logger="streaming.session"):
+            h.audio(tone(1000))  # the frame path survives: no exception reaches the receive loop
+            await h.wait(lambda: h.control.calls, what="redirect")
+        assert h.control.calls == [("redirect_to_gather", h.twilio.call_sid)]
+        assert metric("gateway_stream_degradations_total", reason="stt") == degraded + 1
+        assert metric("gateway_stream_stt_feed_errors_total") == errors + 1
+        failed = [r for r in caplog.records if getattr(r, "event", "") == "stt_feed_failed"]
+        assert len(failed) == 1 and failed[0].call_sid == h.twilio.call_sid
+        await asyncio.wait_for(h.session.finished.wait(), 2)
+    assert h.recognition.closed
+    assert only_this_task()
+
+
 async def test_recognizer_that_cannot_open_moves_the_call_to_gather() -> None:
     async with CallHarness(config(greeting="Hola."), stt=ScriptedStt(fail_open=True)) as h:
         await h.wait(lambda: h.control.calls, what="redirect")

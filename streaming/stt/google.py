@@ -37,6 +37,8 @@ logger = logging.getLogger(__name__)
 
 BYTES_PER_MS = 8  # mu-law, 8000 samples per second, one byte each
 REQUEST_BYTES = 800  # 100 ms per request, as Google recommends for streaming
+# Unsent audio beyond the carried-over audio at which the writer is taken to be stuck.
+MAX_BEHIND_BYTES = 60 * 1000 * BYTES_PER_MS
 _SAMPLE = timedelta(microseconds=125)
 
 STREAM_RESTARTS = Counter(
@@ -151,11 +153,16 @@ class GoogleRecognitionStream:
         self._healthy = False  # the current Google stream has delivered a result
         self._last_end_ms = 0
         self._max_carry = int(engine.max_carry_seconds * 1000) * BYTES_PER_MS
+        # The carry is at most max_carry + 10 s (see _limit_carry); anything more is unsent.
+        self._max_audio = self._max_carry + 10 * 1000 * BYTES_PER_MS + MAX_BEHIND_BYTES
 
-    async def feed(self, mulaw: bytes) -> None:
+    def feed(self, mulaw: bytes) -> None:
         if self._closed or self._failed:
             return
         self._audio += mulaw
+        if len(self._audio) > self._max_audio:
+            self._fail("Google recognition fell behind the call's audio")
+            return
         if len(self._audio) - self._sent >= REQUEST_BYTES:
             self._more.set()  # wake the writer per 100 ms, not per 20 ms frame
         self._ensure_started()

@@ -41,7 +41,7 @@ class NullRecognitionStream:
         self._out: asyncio.Queue[Transcript | object] = asyncio.Queue()
         self._closed = False
 
-    async def feed(self, mulaw: bytes) -> None:
+    def feed(self, mulaw: bytes) -> None:
         if self._closed:
             return
         engine, before = self._engine, self._fed

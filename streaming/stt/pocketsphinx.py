@@ -49,6 +49,8 @@ logger = logging.getLogger(__name__)
 
 SAMPLE_RATE = 8000
 DECODER_RATE = 16000
+# Speech waiting for a busy worker (16-bit PCM at 8 kHz) at which the call's recognition fails.
+MAX_BEHIND_BYTES = 60 * SAMPLE_RATE * 2
 PHONES = (
     "AA AE AH AO AW AY B CH D DH EH ER EY F G HH IH IY JH K L M N NG OW OY P R S SH T TH "
     "UH UW V W Y Z ZH"
@@ -237,7 +239,7 @@ class PocketsphinxRecognitionStream:
         self._closed = False
         self._failed = False
 
-    async def feed(self, mulaw_audio: bytes) -> None:
+    def feed(self, mulaw_audio: bytes) -> None:
         if self._closed or self._failed:
             return
         self._mulaw += mulaw_audio
@@ -249,6 +251,11 @@ class PocketsphinxRecognitionStream:
         size = self._frame * 2
         for offset in range(0, len(pcm), size):
             self._endpoint(pcm[offset:offset + size])
+        if self._audio_bytes > MAX_BEHIND_BYTES:
+            self._ops.clear()
+            self._audio.clear()
+            self._fail(RuntimeError("the worker fell behind the call's speech"))
+            return
         self._submit()
 
     def _endpoint(self, frame: bytes) -> None:

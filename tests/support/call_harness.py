@@ -35,10 +35,13 @@ class ScriptedRecognition:
     def __init__(self, language: str) -> None:
         self.language = language
         self.fed: list[bytes] = []
+        self.feed_error: Exception | None = None  # raised by every `feed` once set
         self.closed = False
         self._results: asyncio.Queue[Transcript | Exception | None] = asyncio.Queue()
 
-    async def feed(self, mulaw: bytes) -> None:
+    def feed(self, mulaw: bytes) -> None:
+        if self.feed_error is not None:
+            raise self.feed_error
         self.fed.append(mulaw)
 
     async def results(self) -> AsyncIterator[Transcript]:
