@@ -12,10 +12,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.support.gateway import ACCOUNT_SID, AUTH_TOKEN, RunningGateway, running_gateway
+from tests.support.gateway import AUTH_TOKEN, RunningGateway, null_gateway
 from tests.support.gateway_process import STREAM_PATH, LiveCall
-from tests.support.servers import running
-from tests.support.twilio_api import TwilioApi
 from tests.support.twilio_fuzz import EVENTS, json_values, twilio_shaped
 
 CALL_SID = "CA" + "f" * 32  # one call at a time; each example opens it anew
@@ -24,11 +22,7 @@ STREAM_SID = "MZ" + CALL_SID[2:]  # as LiveCall names the stream
 
 @pytest.fixture(scope="module")
 def gw() -> Iterator[RunningGateway]:
-    api = TwilioApi(account_sid=ACCOUNT_SID, auth_token=AUTH_TOKEN)
-    with running(api.app()) as twilio_api, running_gateway(
-        stt={"engine": "null"}, tts={"engine": "null"},
-        twilio={"api_base_url": twilio_api.url},
-    ) as gateway:
+    with null_gateway() as gateway:
         yield gateway
 
 

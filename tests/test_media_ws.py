@@ -17,9 +17,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from app import media
-from tests.support.gateway import ACCOUNT_SID, AUTH_TOKEN, RunningGateway, running_gateway
-from tests.support.servers import running
-from tests.support.twilio_api import TwilioApi
+from tests.support.gateway import AUTH_TOKEN, RunningGateway, null_gateway
 from tests.support.twilio_sign import signed_headers
 from tests.support.twilio_stream import TwilioStream
 
@@ -28,11 +26,7 @@ PATH = "/webhook/twilio/stream"
 
 @pytest.fixture(scope="module")
 def gw() -> Iterator[RunningGateway]:
-    api = TwilioApi(account_sid=ACCOUNT_SID, auth_token=AUTH_TOKEN)
-    with running(api.app()) as twilio_api, running_gateway(
-        stt={"engine": "null"}, tts={"engine": "null"},
-        twilio={"api_base_url": twilio_api.url},
-    ) as gateway:
+    with null_gateway() as gateway:
         yield gateway
 
 

@@ -100,3 +100,16 @@ def running_gateway(
             yield RunningGateway(server.url, settings, bot, server, app, probe.loop)
         finally:
             server.stop()
+
+
+@contextmanager
+def null_gateway() -> Iterator[RunningGateway]:
+    """The real gateway with the zero-cost engines, calling a local Twilio API for call control."""
+    from tests.support.twilio_api import TwilioApi
+
+    api = TwilioApi(account_sid=ACCOUNT_SID, auth_token=AUTH_TOKEN)
+    with running(api.app()) as twilio_api, running_gateway(
+        stt={"engine": "null"}, tts={"engine": "null"},
+        twilio={"api_base_url": twilio_api.url},
+    ) as gateway:
+        yield gateway
