@@ -20,6 +20,7 @@ from app.prompts import greeting_text
 from streaming import metrics
 from streaming.protocol import Dtmf, Mark, Media, ProtocolError, Start, Stop, StreamState
 from streaming.session import CallSession, SessionConfig
+from streaming.tasks import cancel_and_wait
 
 logger = logging.getLogger("app.media")
 
@@ -149,8 +150,7 @@ class _Stream:
     async def aclose(self) -> None:
         """Stop the session's tasks, unregister the call, close the socket. Never raises."""
         if self._watcher is not None:
-            self._watcher.cancel()
-            await asyncio.gather(self._watcher, return_exceptions=True)
+            await cancel_and_wait(self._watcher)
         session, gateway = self.session, self.gateway
         if session is not None:
             await session.aclose()

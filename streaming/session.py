@@ -44,6 +44,7 @@ from streaming.ports import (
     TextToSpeech,
 )
 from streaming.protocol import clear_message, mark_message, media_message
+from streaming.tasks import cancel_and_wait
 
 logger = logging.getLogger("streaming.session")
 
@@ -448,8 +449,7 @@ class CallSession:
                      extra={"event": f"{reason}_failed", **self._log})
         worker = self._worker
         if worker is not None and worker is not asyncio.current_task():
-            worker.cancel()
-            await asyncio.gather(worker, return_exceptions=True)
+            await cancel_and_wait(worker)
         await self._end("redirect_to_gather", reason=reason)
 
     async def _converse(self) -> None:
