@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 import logging
 import os
 import signal
@@ -37,6 +38,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
         app.state.gateway = gateway
         await webhooks.on_startup(gateway)
         gateway.start_warming()
+        # What exists now (modules, settings, engines) lives as long as the process: frozen, the
+        # garbage collector stops walking it on every collection (~2% CPU under load).
+        gc.freeze()
         try:
             yield {"gateway": gateway}  # lifespan state: how DrainingServer finds the gateway
         finally:

@@ -32,6 +32,11 @@ def rms(pcm16: bytes) -> int:
     return audioop.rms(pcm16, SAMPLE_WIDTH)
 
 
+def level(mulaw: bytes) -> int:
+    """RMS of mu-law audio as 16-bit PCM, in one call: the VAD's per-frame measure."""
+    return audioop.rms(audioop.ulaw2lin(mulaw, SAMPLE_WIDTH), SAMPLE_WIDTH)
+
+
 def silence(samples: int) -> bytes:
     """mu-law silence of the given length."""
     return bytes([SILENCE_BYTE]) * samples

@@ -43,7 +43,7 @@ class EnergyVad:
     def process(self, frame: bytes) -> VadEvent | None:
         """Feed one mu-law frame; return the event it causes, if any."""
         ms = len(frame) * 1000 // self.sample_rate
-        loud = mulaw.rms(mulaw.decode(frame)) > self.threshold
+        loud = mulaw.level(frame) > self.threshold
         if not self.in_speech:
             if not loud:
                 self._loud_ms = 0

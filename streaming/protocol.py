@@ -5,8 +5,9 @@
 that need memory: one `start` first, then only events of that stream. The builders produce the
 three messages we send: media, mark and clear.
 
-The `media` path runs 50 times a second per call, so it is a single `json.loads`, a strict C
-base64 decode and one object; precise error messages are worked out only once a frame has failed.
+The `media` path runs 50 times a second per call, so it is one C JSON decode (orjson: a quarter
+of `json.loads`'s CPU), a strict C base64 decode and one plain object (a frozen dataclass costs
+four times as much to build); precise error messages are worked out only once a frame has failed.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from binascii import a2b_base64, b2a_base64
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+import orjson
 
 from streaming.ports import CallInfo
 
@@ -62,7 +65,7 @@ class Start:
     sequence: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built 50 times a second per call
 class Media:
     stream_sid: str
     payload: bytes  # decoded mu-law
@@ -101,8 +104,8 @@ def parse(text: str | bytes) -> Event:
     if not isinstance(text, str):
         raise ProtocolError("binary_frame", "Twilio sends text frames only")
     try:
-        data = json.loads(text)
-    except ValueError as exc:
+        data = orjson.loads(text)
+    except ValueError as exc:  # orjson.JSONDecodeError is a ValueError
         raise ProtocolError("invalid_json", str(exc)) from None
     if type(data) is not dict:
         raise ProtocolError("not_an_object", f"expected a JSON object, got {type(data).__name__}")
@@ -244,9 +247,11 @@ class StreamState:
     def parse(self, text: str | bytes) -> Event:
         """`parse` plus the stream checks. Raises ProtocolError."""
         event = parse(text)
+        start = self.start
+        if type(event) is Media and start is not None and event.stream_sid == start.stream_sid:
+            return event  # the 50-per-second case, first
         if type(event) is Connected:
             return event
-        start = self.start
         if type(event) is Start:
             if start is not None:
                 raise ProtocolError("duplicate_start", "the stream has already started")

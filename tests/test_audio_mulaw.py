@@ -81,3 +81,9 @@ def test_silence_and_rms() -> None:
     assert mulaw.rms(mulaw.decode(mulaw.silence(160))) == 0
     loud = mulaw.encode(struct.pack("<4h", 1000, -1000, 1000, -1000))
     assert 900 < mulaw.rms(mulaw.decode(loud)) < 1100
+
+
+def test_level_is_the_rms_of_the_decoded_audio() -> None:
+    every_code = bytes(range(256))
+    assert mulaw.level(every_code) == mulaw.rms(mulaw.decode(every_code)) > 0
+    assert mulaw.level(mulaw.silence(160)) == 0
