@@ -2,6 +2,8 @@
 
 Per frame this does only `receive`, `StreamState.parse` and `CallSession.on_media`, all inline:
 no thread hop, task, log line or metric label lookup per frame (DESIGN.md performance facts).
+It speaks plain ASGI messages rather than going through starlette's `WebSocket`, whose state
+checks wrap every receive and send: 2% of the gateway's CPU under load (bench/README.md).
 Invalid frames are logged (the first few per call), counted, and skipped; the call goes on.
 """
 
@@ -10,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from starlette.requests import HTTPConnection
 from starlette.routing import WebSocketRoute
-from starlette.websockets import WebSocket, WebSocketState
+from starlette.types import Receive, Scope, Send
 
 from app import security
 from app.config import Settings
@@ -50,36 +53,46 @@ def session_config(settings: Settings) -> SessionConfig:
     )
 
 
-async def endpoint(websocket: WebSocket) -> None:
-    gateway: Gateway = websocket.app.state.gateway
-    # The signature is checked on the upgrade request, before anything is read from the socket.
-    # Accepting first lets the refusal be a websocket close code (1008) rather than a bare 403.
-    if not security.verify(websocket, gateway.settings):
-        await websocket.accept()
-        await websocket.close(POLICY_VIOLATION, "invalid X-Twilio-Signature")
-        return
-    await websocket.accept()
-    stream = _Stream(websocket, gateway)
-    try:
-        await stream.run()
-    finally:
-        await stream.aclose()
+class MediaStreamEndpoint:
+    """The ASGI app behind STREAM_PATH (an instance, so starlette hands it raw ASGI messages)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        conn = HTTPConnection(scope)
+        gateway: Gateway = conn.app.state.gateway
+        if (await receive())["type"] != "websocket.connect":
+            return
+        # The signature is checked on the upgrade request, before anything is read from the socket.
+        # Accepting first lets the refusal be a websocket close code (1008) rather than a bare 403.
+        await send({"type": "websocket.accept"})
+        if not security.verify(conn, gateway.settings):
+            await send({"type": "websocket.close", "code": POLICY_VIOLATION,
+                        "reason": "invalid X-Twilio-Signature"})
+            return
+        stream = _Stream(conn, receive, send, gateway)
+        try:
+            await stream.run()
+        finally:
+            await stream.aclose()
 
 
 class _Stream:
     """One websocket's lifetime: before `start`, the call's session, and the cleanup."""
 
-    def __init__(self, websocket: WebSocket, gateway: Gateway) -> None:
-        self.websocket = websocket
+    def __init__(self, conn: HTTPConnection, receive: Receive, send: Send,
+                 gateway: Gateway) -> None:
+        self.conn = conn
+        self.receive = receive
+        self.send = send
         self.gateway = gateway
         self.state = StreamState()
         self.session: CallSession | None = None
         self.call_sid: str | None = None
         self.rejected = 0
+        self.open = True  # neither side has closed the socket
         self._watcher: asyncio.Task[None] | None = None
 
     async def run(self) -> None:
-        receive, parse = self.websocket.receive, self.state.parse
+        receive, parse = self.receive, self.state.parse
         session: CallSession | None = None
         try:
             async with asyncio.timeout(START_TIMEOUT_SECONDS) as before_start:
@@ -88,6 +101,7 @@ class _Stream:
                     text = message.get("text")
                     if text is None:
                         if message["type"] == "websocket.disconnect":
+                            self.open = False
                             return
                         text = message.get("bytes") or b""  # a binary frame: parse rejects it
                     try:
@@ -120,9 +134,9 @@ class _Stream:
         self.call_sid = call.call_sid
         # Without server.public_url, the URLs given to Twilio (Gather redirect, <Dial> action)
         # are built on the base URL this websocket was reached at.
-        control = gateway.call_control.for_base_url(str(self.websocket.base_url))
+        control = gateway.call_control.for_base_url(str(self.conn.base_url))
         session = CallSession(
-            call, self.websocket.send_text,
+            call, self.send_text,
             stt=gateway.stt, tts=gateway.tts, bot=gateway.rasa, control=control,
             config=session_config(gateway.settings),
         )
@@ -139,6 +153,9 @@ class _Stream:
     async def _close_when_finished(self, session: CallSession) -> None:
         await session.finished.wait()
         await self._close_socket(1000)
+
+    async def send_text(self, text: str) -> None:
+        await self.send({"type": "websocket.send", "text": text})
 
     def _reject(self, exc: ProtocolError) -> None:
         self.rejected += 1
@@ -162,13 +179,13 @@ class _Stream:
         await self._close_socket(1000)
 
     async def _close_socket(self, code: int) -> None:
-        websocket = self.websocket
-        if (websocket.application_state is WebSocketState.CONNECTED
-                and websocket.client_state is not WebSocketState.DISCONNECTED):
-            try:
-                await websocket.close(code)
-            except Exception:  # the peer is already gone
-                pass
+        if not self.open:
+            return
+        self.open = False
+        try:
+            await self.send({"type": "websocket.close", "code": code})
+        except Exception:  # the peer is already gone
+            pass
 
 
-routes = [WebSocketRoute(STREAM_PATH, endpoint)]
+routes = [WebSocketRoute(STREAM_PATH, MediaStreamEndpoint())]

@@ -576,7 +576,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", default="10,50,100", help="comma-separated call counts")
     parser.add_argument("--seconds", type=float, default=20, help="measurement window per run")
-    parser.add_argument("--rounds", type=int, default=2,
+    parser.add_argument("--rounds", type=int, default=3,
                         help="rounds per call count, each a solo and a side-by-side run "
                         "(default %(default)s)")
     parser.add_argument("--url", help="measure a gateway already running there (no bare run, "
