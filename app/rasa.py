@@ -1,7 +1,7 @@
 """The Rasa REST channel client both call paths share: one pooled connection set per process.
 
 It is built on aiohttp, the HTTP client the twilio library already runs in this process, rather
-than httpx: under load a Rasa request through httpx cost ~1 ms of CPU in the gateway, 6.5% of
+than httpx: under load a Rasa request through httpx cost ~1 ms of CPU in the gateway, 7% of
 everything a conversation costs, and aiohttp does the same request for a quarter of that
 (bench/README.md, "Where the gateway's CPU goes").
 """

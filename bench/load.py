@@ -273,9 +273,11 @@ class Server:
 
 @contextmanager
 def started(kind: str, args: argparse.Namespace, rasa_url: str, logs: Path,
-            probe: bool = False) -> Iterator[Server]:
+            probe: bool = False, root: Path = ROOT,
+            overrides: dict[str, str] | None = None) -> Iterator[Server]:
     """A bare or gateway server process on SERVER_CORE; `probe`: the gateway measures its
-    event-loop lag (bench/probe.py), only where latency is reported."""
+    event-loop lag (bench/probe.py), only where latency is reported. `root`: the checkout whose
+    server runs (bench/compare.py runs two); `overrides`: extra environment (settings)."""
     if args.url:
         yield Server(args.url, args.public_url or args.url, args.auth_token, None)
         return
@@ -283,11 +285,11 @@ def started(kind: str, args: argparse.Namespace, rasa_url: str, logs: Path,
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(root)}
     if kind == "bare":
-        command = [sys.executable, str(ROOT / "bench" / "bare_server.py"), "--port", str(port)]
+        command = [sys.executable, str(root / "bench" / "bare_server.py"), "--port", str(port)]
     else:
-        command = [sys.executable, str(ROOT / "bench" / "gateway_server.py"), "--port", str(port),
+        command = [sys.executable, str(root / "bench" / "gateway_server.py"), "--port", str(port),
                    *(["--probe"] if probe else [])]
         env.update({
             "SERVER_PUBLIC_URL": url, "TWILIO_AUTH_TOKEN": AUTH_TOKEN, "RASA_URL": rasa_url,
@@ -295,8 +297,9 @@ def started(kind: str, args: argparse.Namespace, rasa_url: str, logs: Path,
             # Nothing may reach the real Twilio: a transfer fails fast and shows as a dropped call.
             "TWILIO_API_BASE_URL": "http://127.0.0.1:9", "TWILIO_ACCOUNT_SID": "AC" + "0" * 32,
         })
+    env.update(overrides or {})
     log = open(logs / f"{kind}-{port}.log", "wb")
-    proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+    proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=root,
                             preexec_fn=lambda: os.sched_setaffinity(0, {SERVER_CORE}))
     try:
         deadline = time.monotonic() + 30
@@ -496,24 +499,32 @@ def measure_gateway(count: int, args: argparse.Namespace, rasa_url: str, logs: P
         pct("gateway_stream_bot_latency_seconds", 0.5), int(turns))
 
 
+def side_by_side(servers: dict[str, Server], count: int, payloads: list[str],
+                 seconds: float) -> tuple[dict[str, list[float]], dict[str, dict[str, float]]]:
+    """Load every server with its own `count` calls at once; each one's CPU (cores) in every
+    second of the window, and each load generator's counts."""
+    loads = {name: Load(server, count, payloads) for name, server in servers.items()}
+    try:
+        for load in loads.values():
+            load.warm()
+            load.place_calls()
+        for load in loads.values():
+            load.connected()
+        rates = cpu_rates({name: s.process.pid for name, s in servers.items() if s.process},
+                          seconds)
+        stats = {name: load.stop() for name, load in loads.items()}
+    finally:
+        for load in loads.values():
+            load.close()
+    return rates, stats
+
+
 def measure_pair(count: int, args: argparse.Namespace, rasa_url: str, logs: Path,
                  payloads: list[str]) -> Pair:
     with started("bare", args, rasa_url, logs) as bare, \
             started("gateway", args, rasa_url, logs) as gateway:
-        servers = {"bare": bare, "gateway": gateway}
-        loads = {name: Load(server, count, payloads) for name, server in servers.items()}
-        try:
-            for load in loads.values():
-                load.warm()
-                load.place_calls()
-            for load in loads.values():
-                load.connected()
-            rates = cpu_rates({name: s.process.pid for name, s in servers.items() if s.process},
-                              args.seconds)
-            stats = {name: load.stop() for name, load in loads.items()}
-        finally:
-            for load in loads.values():
-                load.close()
+        rates, stats = side_by_side({"bare": bare, "gateway": gateway}, count, payloads,
+                                    args.seconds)
     held = min(int(s["held"]) for s in stats.values())
     ratios = [g / b for g, b in zip(rates["gateway"], rates["bare"]) if b > 0]
     return Pair(
