@@ -162,3 +162,20 @@ async def test_background_refresh_learns_reachability(bot_server: tuple) -> None
         assert client.last_known_reachable is True
     finally:
         await client.aclose()
+
+
+async def test_a_connection_rasa_closed_while_idle_is_not_reused() -> None:
+    """Rasa's server closes idle keep-alive connections (Sanic: after 5 s); the next request must
+    open a new one rather than fail on the closed one."""
+    bot = RasaBot()
+    with running(bot.app(), timeout_keep_alive=0.2) as server:
+        client = RasaClient(rasa_settings(server.url))
+        before = sum(errors(kind) for kind in ("connect", "transport", "timeout"))
+        try:
+            for _ in range(3):
+                assert await client.send("CA1", "hola", {}) == [BotMessage(text="Ha dicho: hola")]
+                await asyncio.sleep(0.5)  # the server has closed the connection by now
+        finally:
+            await client.aclose()
+    assert sum(errors(kind) for kind in ("connect", "transport", "timeout")) == before
+    assert len(bot.requests) == 3
