@@ -103,9 +103,9 @@ class SimulationResult:
 
     def audible_seconds(self, threshold: int = 200) -> float:
         """Seconds of heard audio in 20 ms frames louder than `threshold` RMS."""
-        pcm = self.heard_pcm16()
-        step = FRAME_BYTES * 2
-        loud = sum(mulaw.rms(pcm[i:i + step]) > threshold for i in range(0, len(pcm), step))
+        heard = self.heard
+        loud = sum(mulaw.level(heard[i:i + FRAME_BYTES]) > threshold
+                   for i in range(0, len(heard), FRAME_BYTES))
         return loud * FRAME_SECONDS
 
     def write_wav(self, path: str | Path) -> None:
@@ -138,8 +138,7 @@ def speech_segments(
     """(start, end) seconds of speech in mu-law audio by frame energy; shorter pauses join."""
     segments: list[list[float]] = []
     for index in range(0, len(audio) // FRAME_BYTES):
-        frame = mulaw.decode(audio[index * FRAME_BYTES:(index + 1) * FRAME_BYTES])
-        if mulaw.rms(frame) <= threshold:
+        if mulaw.level(audio[index * FRAME_BYTES:(index + 1) * FRAME_BYTES]) <= threshold:
             continue
         start = index * FRAME_SECONDS
         if segments and start - segments[-1][1] < hangover:
