@@ -78,8 +78,7 @@ class TwilioCallControl:
         target = number or settings.twilio.fallback_phone_number
         if target and not self.base_url:
             raise self._failed("transfer", call_sid, "not_configured", _NO_BASE_URL)
-        says = [settings.prompts.transfer] if target else []
-        twiml = transfer_twiml(settings, Urls(self.base_url), says, target)
+        twiml = transfer_twiml(settings, Urls(self.base_url), number=target)
         await self._update("transfer", call_sid, twiml=twiml)
 
     async def hang_up(self, call_sid: str) -> None:

@@ -80,7 +80,7 @@ def reply(settings: Settings, urls: Urls, actions: Sequence[Action]) -> str:
     says = [action.text for action in actions if isinstance(action, Speak)]
     control = next((action for action in actions if not isinstance(action, Speak)), None)
     if isinstance(control, Transfer):
-        return transfer(settings, urls, says or [settings.prompts.transfer], control.number)
+        return transfer(settings, urls, says, control.number, announce=not says)
     if isinstance(control, HangUp):
         response = VoiceResponse()
         _say_all(response, settings, says)
@@ -91,16 +91,20 @@ def reply(settings: Settings, urls: Urls, actions: Sequence[Action]) -> str:
     return gather(settings, urls, says)
 
 
-def transfer(settings: Settings, urls: Urls, says: Sequence[str], number: str | None = None) -> str:
-    """Say `says`, then dial the agent; with no number to dial, say no_answer and hang up."""
+def transfer(settings: Settings, urls: Urls, says: Sequence[str] = (), number: str | None = None,
+             *, announce: bool = True) -> str:
+    """Say `says`, then announce the transfer (`prompts.transfer`, unless `announce` is false)
+    and dial the agent. With no number to dial nothing is announced: the caller hears
+    `prompts.no_answer` and the call ends."""
     response = VoiceResponse()
+    _say_all(response, settings, says)
     number = number or settings.twilio.fallback_phone_number
-    if not number:  # nobody to pass the caller to: no transfer announcement
-        _say_all(response, settings, [t for t in says if t != settings.prompts.transfer])
+    if not number:
         _say_all(response, settings, [settings.prompts.no_answer])
         response.hangup()
         return str(response)
-    _say_all(response, settings, says)
+    if announce:
+        _say_all(response, settings, [settings.prompts.transfer])
     dial = response.dial(
         timeout=settings.twilio.dial_timeout_seconds, action=urls.dialed, method="POST"
     )

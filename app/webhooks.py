@@ -84,9 +84,8 @@ async def _answer(route: str, handler: Handler, request: Request) -> Response:
         if route == "status":
             body = twiml.empty()
         else:
-            prompts = gateway.settings.prompts
-            says = [prompts.apology, prompts.transfer]
-            body = twiml.transfer(gateway.settings, urls_for(request, gateway), says)
+            apology = [gateway.settings.prompts.apology]
+            body = twiml.transfer(gateway.settings, urls_for(request, gateway), apology)
     return Response(body, media_type=XML)
 
 
@@ -140,7 +139,7 @@ async def speech(request: Request, gateway: Gateway, form: Form) -> str:
         )
         if no_input >= settings.gather.no_input_limit:
             metrics.FALLBACKS.labels("no_input").inc()
-            return twiml.transfer(settings, urls, [settings.prompts.transfer])
+            return twiml.transfer(settings, urls)
         return twiml.gather(settings, urls, [settings.prompts.reprompt], no_input)
 
     logger.info(
@@ -163,7 +162,7 @@ async def speech(request: Request, gateway: Gateway, form: Form) -> str:
             "Rasa failed; apologizing and transferring",
             extra={"event": "gather_fallback", "reason": "rasa_error", **log},
         )
-        return twiml.transfer(settings, urls, [settings.prompts.apology, settings.prompts.transfer])
+        return twiml.transfer(settings, urls, [settings.prompts.apology])
     return twiml.reply(settings, urls, parse_actions(messages))
 
 
@@ -181,7 +180,7 @@ async def fallback(request: Request, gateway: Gateway, form: Form) -> str:
         return twiml.after_dial(settings, status)
     metrics.FALLBACKS.labels("redirect").inc()
     logger.info("transferring to an agent", extra={"event": "fallback_transfer", **log})
-    return twiml.transfer(settings, urls_for(request, gateway), [settings.prompts.transfer])
+    return twiml.transfer(settings, urls_for(request, gateway))
 
 
 @twilio_webhook("status")
