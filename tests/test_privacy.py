@@ -2,8 +2,10 @@
 
 Callers read or key in their card numbers. These tests drive the real app (uvicorn on loopback,
 signed Twilio webhooks, a real Rasa-compatible bot that echoes what it hears) with DEBUG logging
-on, so httpx, httpcore and uvicorn log all they would while debugging in production, and read
-the log the gateway writes.
+on, so uvicorn, aiohttp (the Rasa client) and every other library log all they would while
+debugging in production, and read the log the gateway writes. The log is the process's root
+logger, which the tests' own httpx client writes to as well: its httpcore lines show that DEBUG
+is really on.
 """
 
 from __future__ import annotations
