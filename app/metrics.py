@@ -1,13 +1,44 @@
-"""Prometheus metrics of the HTTP surface (webhooks, Rasa client, signature checks).
+"""Prometheus metrics of the HTTP surface (webhooks, Rasa client, signature checks), and the
+exposition of every metric of the process.
 
-Everything lives in prometheus_client's default registry, which also carries the default process
-collector (CPU seconds, resident memory, open file descriptors). Per-call pipeline metrics live
-in streaming/metrics.py. Each uvicorn worker exposes its own numbers.
+One scrape answers for the whole instance. With one worker, that is prometheus_client's default
+registry, with its process collector (CPU seconds, resident memory, open file descriptors).
+With several, the supervisor runs the workers inside `shared_between_workers`: prometheus_client's
+multiprocess mode, where each worker writes its values to memory-mapped files in one directory and
+the worker that answers a scrape merges them all (counters and histograms summed, live calls
+summed over the live workers, process CPU and memory per worker, labelled `pid`). Per-call
+pipeline metrics live in streaming/metrics.py.
 """
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram, generate_latest
+import contextlib
+import functools
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator
+
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+    multiprocess,
+)
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
+
+# prometheus_client chooses its value store from this variable when it is first imported: set,
+# every metric is backed by a file in that directory (a spawned worker inherits it).
+MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
+# The files of a worker's "live" gauges; mark_process_dead removes them when the worker is gone.
+_LIVE_FILE = re.compile(r"gauge_live[a-z]+_(\d+)\.db")
 
 WEBHOOK_SECONDS = Histogram(
     "gateway_webhook_duration_seconds",
@@ -50,7 +81,9 @@ RASA_ERRORS = Counter(
     "(connect, timeout, transport, http_status, invalid_json, invalid_reply).",
     ["kind"],
 )
-RASA_REACHABLE = Gauge("gateway_rasa_reachable", "1 when the last Rasa health check succeeded.")
+# Each worker checks Rasa on its own; the instance's answer is the latest check of any worker.
+RASA_REACHABLE = Gauge("gateway_rasa_reachable", "1 when the last Rasa health check succeeded.",
+                       multiprocess_mode="livemostrecent")
 CALL_CONTROL_REQUESTS = Counter(
     "gateway_call_control_requests_total",
     "Live-call updates sent to Twilio's REST API (transfer, hang_up, redirect_to_gather), by "
@@ -60,5 +93,63 @@ CALL_CONTROL_REQUESTS = Counter(
 
 
 def render() -> bytes:
-    """The exposition text of the default registry (ours, streaming's, the process collector)."""
-    return generate_latest()
+    """The exposition text of every metric of the instance."""
+    return generate_latest(_registry())
+
+
+@functools.cache
+def _registry() -> CollectorRegistry:
+    path = os.environ.get(MULTIPROCESS_DIR)
+    if not path:
+        return REGISTRY  # ours, streaming's, the process collector
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path)
+    _WorkerProcesses(registry, path)
+    PlatformCollector(registry=registry)
+    return registry
+
+
+@contextlib.contextmanager
+def shared_between_workers() -> Iterator[str]:
+    """Put the worker processes started inside in multiprocess mode, sharing one new directory
+    (under $TMPDIR), removed afterwards: an instance never counts an earlier run's calls."""
+    path = tempfile.mkdtemp(prefix="voice-gateway-metrics-")
+    previous = os.environ.get(MULTIPROCESS_DIR)
+    os.environ[MULTIPROCESS_DIR] = path
+    try:
+        yield path
+    finally:
+        if previous is None:
+            del os.environ[MULTIPROCESS_DIR]
+        else:
+            os.environ[MULTIPROCESS_DIR] = previous
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def worker_exited(pid: int) -> None:
+    """Drop a worker's live gauges (its live calls are gone); its counters keep counting."""
+    multiprocess.mark_process_dead(pid, os.environ[MULTIPROCESS_DIR])
+
+
+def _live_workers(path: str) -> set[int]:
+    return {int(match[1]) for name in os.listdir(path) if (match := _LIVE_FILE.fullmatch(name))}
+
+
+class _WorkerProcesses(Collector):
+    """CPU, memory and file descriptors of every live worker, labelled `pid`: multiprocess mode
+    has no process metrics, so prometheus_client's ProcessCollector reads each worker's /proc."""
+
+    def __init__(self, registry: CollectorRegistry, path: str) -> None:
+        self._path = path
+        registry.register(self)
+
+    def collect(self) -> Iterable[Metric]:
+        families: dict[str, Metric] = {}
+        for pid in sorted(_live_workers(self._path)):
+            for family in ProcessCollector(pid=lambda pid=pid: pid, registry=None).collect():
+                merged = families.setdefault(
+                    family.name, Metric(family.name, family.documentation, family.type))
+                for sample in family.samples:
+                    merged.add_sample(sample.name, {**sample.labels, "pid": str(pid)},
+                                      sample.value)
+        return families.values()

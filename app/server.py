@@ -19,7 +19,7 @@ from starlette.applications import Starlette
 from uvicorn._subprocess import get_subprocess
 from uvicorn.config import STARTUP_FAILURE
 
-from app import media, webhooks
+from app import media, metrics, webhooks
 from app.config import Settings, load_settings
 from app.gateway import Gateway
 from app.logs import configure_logging
@@ -130,14 +130,25 @@ def _run_worker(config: uvicorn.Config, drain_timeout: float, sockets: list[sock
 
 
 def _supervise(config: uvicorn.Config, drain_timeout: float) -> int:
-    """Workers share one listening socket. Unlike uvicorn's supervisor, which expects workers gone
-    soon after SIGTERM, this one forwards signals and waits out each worker's drain. A worker that
-    dies on its own drains the others and fails the instance: the process manager restarts it."""
+    """Workers share one listening socket and one metrics directory (app/metrics.py). Unlike
+    uvicorn's supervisor, which expects workers gone soon after SIGTERM, this one forwards signals
+    and waits out each worker's drain. A worker that dies on its own drains the others and fails
+    the instance: the process manager restarts it."""
     sock = config.bind_socket()
+    with metrics.shared_between_workers() as path:
+        logger.info("workers share their metrics in %s", path,
+                    extra={"event": "metrics_shared", "path": path})
+        code = _run_workers(config, drain_timeout, sock)
+    sock.close()
+    return code
+
+
+def _run_workers(config: uvicorn.Config, drain_timeout: float, sock: socket.socket) -> int:
     target = functools.partial(_run_worker, config, drain_timeout)
     workers = [get_subprocess(config, target=target, sockets=[sock]) for _ in range(config.workers)]
     for worker in workers:
         worker.start()
+    running = list(workers)
     stopping = False
 
     def stop(sig: int, frame: FrameType | None) -> None:
@@ -149,11 +160,14 @@ def _supervise(config: uvicorn.Config, drain_timeout: float) -> int:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, stop)
-    while any(worker.exitcode is None for worker in workers):
+    while running:
         time.sleep(0.2)
-        if not stopping and any(worker.exitcode is not None for worker in workers):
+        exited = [worker for worker in running if worker.exitcode is not None]
+        for worker in exited:
+            running.remove(worker)
+            metrics.worker_exited(worker.pid)
+        if exited and not stopping:
             logger.error("a worker exited unexpectedly; draining the others",
                          extra={"event": "worker_died"})
             stop(signal.SIGTERM, None)
-    sock.close()
     return 0 if all(worker.exitcode == 0 for worker in workers) else 1

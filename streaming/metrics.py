@@ -1,4 +1,4 @@
-"""Prometheus metrics of the streamed-call pipeline (default registry, served by GET /metrics).
+"""Prometheus metrics of the streamed-call pipeline (served by GET /metrics, see app/metrics.py).
 
 Labelled metrics are bound to their children here, once: a `.labels()` lookup takes a lock and a
 dict lookup, too much for a path that runs per frame or per chunk.
@@ -12,7 +12,9 @@ from streaming.protocol import REASONS
 
 _PREFIX = "gateway_stream_"
 
-ACTIVE_CALLS = Gauge(f"{_PREFIX}active_calls", "Calls with a live media stream in this process.")
+# With several workers, the instance's figure is the sum over the workers still running.
+ACTIVE_CALLS = Gauge(f"{_PREFIX}active_calls", "Calls with a live media stream on this instance.",
+                     multiprocess_mode="livesum")
 CALLS = Counter(f"{_PREFIX}calls", "Media streams that reached `start`.")
 MEDIA_FRAMES = Counter(f"{_PREFIX}media_frames", "Inbound media frames handled (added per call).")
 STT_FEED_ERRORS = Counter(

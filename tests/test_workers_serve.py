@@ -8,14 +8,8 @@ import asyncio
 import signal
 
 import httpx
-import psutil
 
 from tests.support.gateway_process import GatewayProcess, LiveCall, gateway_process
-
-
-def workers(gateway: GatewayProcess) -> list[psutil.Process]:
-    children = psutil.Process(gateway.process.pid).children()
-    return [child for child in children if "spawn_main" in " ".join(child.cmdline())]
 
 
 async def active_calls_seen(gateway: GatewayProcess, attempts: int = 200) -> set[int]:
@@ -31,7 +25,7 @@ async def active_calls_seen(gateway: GatewayProcess, attempts: int = 200) -> set
 
 async def test_two_workers_share_the_port_and_drain_then_exit_zero() -> None:
     with gateway_process(workers=2, drain_timeout=60) as gateway:
-        processes = workers(gateway)
+        processes = gateway.workers()
         assert len(processes) == 2
         async with LiveCall.open(gateway.ws_url, "CA" + "6" * 32) as call:
             await call.turn(gateway.bot)
@@ -51,7 +45,7 @@ async def test_two_workers_share_the_port_and_drain_then_exit_zero() -> None:
 
 async def test_idle_workers_exit_zero_at_once_on_sigterm() -> None:
     with gateway_process(workers=2) as gateway:
-        processes = workers(gateway)
+        processes = gateway.workers()
         assert len(processes) == 2
         async with httpx.AsyncClient(trust_env=False, timeout=5) as http:
             for _ in range(10):

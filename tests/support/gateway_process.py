@@ -16,13 +16,15 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
 import httpx
+import psutil
+from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
@@ -76,6 +78,27 @@ class GatewayProcess:
         assert health.status_code == 200
         return health.json()
 
+    def workers(self) -> list[psutil.Process]:
+        """The worker processes (none with one worker: the process serves itself)."""
+        children = psutil.Process(self.process.pid).children()
+        return [child for child in children if "spawn_main" in " ".join(child.cmdline())]
+
+    def connections_held(self) -> dict[int, int]:
+        """Worker pid -> client connections it holds (the kernel gave them to that worker)."""
+        port = int(self.url.rsplit(":", 1)[1])
+        return {worker.pid: sum(c.status == psutil.CONN_ESTABLISHED and c.laddr.port == port
+                                for c in worker.net_connections(kind="tcp"))
+                for worker in self.workers()}
+
+    async def scrape(self) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+        """One GET /metrics on a new connection (any worker may answer): sample -> value."""
+        async with httpx.AsyncClient(trust_env=False, timeout=10) as http:
+            response = await http.get(self.url + "/metrics")
+        response.raise_for_status()
+        return {(sample.name, frozenset(sample.labels.items())): sample.value
+                for family in text_string_to_metric_families(response.text)
+                for sample in family.samples}
+
     def output(self) -> str:
         """What the process has logged so far."""
         self.log.seek(0)
@@ -83,8 +106,9 @@ class GatewayProcess:
 
 
 @contextmanager
-def gateway_process(workers: int = 1, drain_timeout: float = 60,
-                    start_timeout: float = 60) -> Iterator[GatewayProcess]:
+def gateway_process(workers: int = 1, drain_timeout: float = 60, start_timeout: float = 60,
+                    env: Mapping[str, str] | None = None) -> Iterator[GatewayProcess]:
+    """The gateway on a free port; `env` adds settings (SERVER_MAX_ACTIVE_CALLS=2)."""
     bot = RasaBot()
     port = free_port()
     with running(bot.app()) as rasa:
@@ -94,7 +118,7 @@ def gateway_process(workers: int = 1, drain_timeout: float = 60,
             "TWILIO_API_BASE_URL": "http://127.0.0.1:9", "RASA_URL": f"{rasa.url}/webhooks/rest/webhook",
             "STT_ENGINE": "null", "TTS_ENGINE": "null", "SERVER_HOST": "127.0.0.1",
             "SERVER_PUBLIC_URL": "", "SERVER_DRAIN_TIMEOUT_SECONDS": str(drain_timeout),
-            "LOGGING_LEVEL": "INFO",
+            "LOGGING_LEVEL": "INFO", **(env or {}),
         }
         with tempfile.TemporaryFile() as log:
             process = subprocess.Popen(
