@@ -75,6 +75,10 @@ RASA_SECONDS = Histogram(
     "Time for Rasa to answer one message, errors included.",
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16),
 )
+RASA_RETRIES = Counter(
+    "gateway_rasa_retries_total",
+    "Rasa requests sent a second time because the first could not connect (Rasa never saw it).",
+)
 RASA_ERRORS = Counter(
     "gateway_rasa_errors_total",
     "Rasa requests without a usable reply, by kind "

@@ -26,6 +26,11 @@ from streaming.tasks import cancel_and_wait
 logger = logging.getLogger("app.rasa")
 
 JSON_HEADERS = {"Content-Type": "application/json"}
+# What aiohttp raises while it connects (refused, unreachable, DNS, TLS handshake, sock_connect
+# timeout), before a byte of the request is written: Rasa cannot have seen the turn. Anything
+# later (ServerDisconnectedError, a reset, a read timeout), even on a pooled keep-alive connection
+# that turned out dead, may follow a request Rasa read.
+NOT_SENT = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
 
 
 class RasaClient:
@@ -61,14 +66,29 @@ class RasaClient:
     async def send(
         self, sender: str, message: str, metadata: Mapping[str, Any]
     ) -> list[BotMessage]:
+        """One turn. A request that could not connect is sent again once, at once; one that may
+        have reached Rasa never is: Rasa would take the turn twice."""
         body = orjson.dumps({"sender": sender, "message": message, "metadata": dict(metadata)})
         started = time.perf_counter()
         try:
-            async with self._http().post(self.settings.url, data=body,
-                                         headers=JSON_HEADERS) as response:
-                return _parse(response.status, await response.read())
+            try:
+                return await self._post(body, self._timeout)
+            except NOT_SENT as exc:
+                remaining = self.settings.timeout_seconds - (time.perf_counter() - started)
+                if remaining <= 0:
+                    raise
+                metrics.RASA_RETRIES.inc()
+                logger.info("Rasa connection failed (%s); sending again on a new one",
+                            str(exc) or type(exc).__name__,
+                            extra={"event": "rasa_retry", "call_sid": sender})
+                return await self._post(body, aiohttp.ClientTimeout(
+                    total=remaining, sock_connect=self.settings.connect_timeout_seconds))
         except _Unusable as exc:
             raise self._failed(sender, exc.kind, exc.detail) from None
+        except aiohttp.ConnectionTimeoutError as exc:
+            raise self._failed(
+                sender, "connect", f"no connection within {self.settings.connect_timeout_seconds} s"
+            ) from exc
         except TimeoutError as exc:  # aiohttp's timeouts are TimeoutErrors too
             raise self._failed(
                 sender, "timeout", f"no answer within {self.settings.timeout_seconds} s"
@@ -81,6 +101,11 @@ class RasaClient:
             raise self._failed(sender, "transport", str(exc) or type(exc).__name__) from exc
         finally:
             metrics.RASA_SECONDS.observe(time.perf_counter() - started)
+
+    async def _post(self, body: bytes, timeout: aiohttp.ClientTimeout) -> list[BotMessage]:
+        async with self._http().post(self.settings.url, data=body, headers=JSON_HEADERS,
+                                     timeout=timeout) as response:
+            return _parse(response.status, await response.read())
 
     def _failed(self, sender: str, kind: str, detail: str) -> BotError:
         metrics.RASA_ERRORS.labels(kind).inc()

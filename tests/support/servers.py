@@ -22,14 +22,17 @@ def free_port() -> int:
 class ServerThread:
     """Runs an ASGI app with uvicorn in a background thread with its own event loop."""
 
-    def __init__(self, app: Any, port: int | None = None, **config: Any) -> None:
-        self.port = port or free_port()
+    def __init__(self, app: Any, port: int | None = None, sock: socket.socket | None = None,
+                 **config: Any) -> None:
+        """`sock`: serve on this bound socket (listening from when the server starts)."""
+        self.port = sock.getsockname()[1] if sock else port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self._server = uvicorn.Server(
             uvicorn.Config(app, host="127.0.0.1", port=self.port, log_config=None,
                            lifespan="on", **config)
         )
-        self._thread = threading.Thread(target=self._server.run, daemon=True)
+        self._thread = threading.Thread(target=self._server.run, daemon=True,
+                                        kwargs={"sockets": [sock]} if sock else {})
         self.loop: asyncio.AbstractEventLoop | None = None
 
     def start(self, timeout: float = 15.0) -> ServerThread:
