@@ -141,8 +141,12 @@ class _Stream:
             config=session_config(gateway.settings),
         )
         self.session = session
+        previous = gateway.calls.get(call.call_sid)
         gateway.calls[call.call_sid] = session
-        await session.start()
+        if previous is not None:
+            await _replace(previous)
+        if gateway.calls.get(call.call_sid) is session:  # not itself replaced in the meantime
+            await session.start()
         # The session may end the call itself (call-control failure, Twilio never stopping the
         # stream after a transfer): then the socket is closed, and Twilio runs the TwiML that
         # follows <Connect> (the fallback).
@@ -186,6 +190,16 @@ class _Stream:
             await self.send({"type": "websocket.close", "code": code})
         except Exception:  # the peer is already gone
             pass
+
+
+async def _replace(previous: CallSession) -> None:
+    """A new stream started for a call that has a live session (Twilio reconnected, or replayed
+    `start`): the old session stops before the new one starts, so only one talks to Rasa. Its
+    socket closes when it finishes (`_close_when_finished`)."""
+    metrics.SESSIONS_REPLACED.inc()
+    logger.warning("a new stream started for a live call; closing the old session", extra={
+        "event": "session_replaced", "call_sid": previous.call.call_sid})
+    await previous.aclose()
 
 
 routes = [WebSocketRoute(STREAM_PATH, MediaStreamEndpoint())]

@@ -26,6 +26,10 @@ BARGE_INS = Counter(f"{_PREFIX}barge_ins", "Replies interrupted by the caller (a
 NO_INPUT = Counter(f"{_PREFIX}no_input", "Silences that led to a reprompt or a transfer.")
 BOT_ERRORS = Counter(f"{_PREFIX}bot_errors", "Bot requests that failed (apology, then transfer).")
 MARK_TIMEOUTS = Counter(f"{_PREFIX}mark_timeouts", "Playbacks whose last mark never came back.")
+SESSIONS_REPLACED = Counter(
+    f"{_PREFIX}sessions_replaced",
+    "Live sessions closed because a new stream started for the same CallSid (one per call).",
+)
 
 _degradations = Counter(
     f"{_PREFIX}degradations", "Calls moved to the Gather path because an engine failed.", ["reason"]

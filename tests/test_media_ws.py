@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -18,6 +20,7 @@ from websockets.exceptions import ConnectionClosed
 
 from app import media
 from tests.support.gateway import AUTH_TOKEN, RunningGateway, null_gateway
+from tests.support.gateway_process import LiveCall
 from tests.support.twilio_sign import signed_headers
 from tests.support.twilio_stream import TwilioStream
 
@@ -40,6 +43,10 @@ def open_stream(gw: RunningGateway, headers: dict[str, str] | None = None):
     # max_queue=None: like Twilio, keep reading what the gateway sends even when the test does
     # not look at it, so the closing handshake is never stuck behind unread audio
     return connect(url, additional_headers=headers, proxy=None, open_timeout=10, max_queue=None)
+
+
+def sessions_replaced() -> float:
+    return REGISTRY.get_sample_value("gateway_stream_sessions_replaced_total") or 0.0
 
 
 def rejected(reason: str) -> float:
@@ -183,3 +190,56 @@ async def test_a_turn_over_the_socket_reaches_rasa_and_comes_back(gw: RunningGat
         await ws.send(twilio.stop())
         assert await closed_with(ws) == 1000
     await until(lambda: not gw.gateway.calls, what="call unregistered")
+
+
+async def test_a_second_stream_for_a_live_call_replaces_its_session(gw: RunningGateway,
+                                                                    caplog) -> None:
+    """Twilio reconnecting (or a replayed start) opens a second socket for the same CallSid: the
+    old session is closed and its tasks awaited before the new one starts, so only one session
+    ever talks to Rasa for the call."""
+    call_sid = "CA" + "7a" * 16
+    before, replaced = gw.tasks(), sessions_replaced()
+    async with LiveCall.open(stream_url(gw), call_sid, token=AUTH_TOKEN) as first:
+        await first.turn(gw.bot)
+        old = gw.gateway.calls[call_sid]
+        async with LiveCall.open(stream_url(gw), call_sid, token=AUTH_TOKEN) as second:
+            opened = time.monotonic()
+            assert await first.closed_with(timeout=5) == 1000
+            assert time.monotonic() - opened < 1
+            assert old.closed  # every task of the old session cancelled and awaited
+            await until(lambda: gw.gateway.calls.get(call_sid) not in (None, old),
+                        what="the new session registered")
+            assert len(gw.gateway.calls) == 1
+            senders = [r["sender"] for r in gw.bot.requests]
+            await second.turn(gw.bot)
+            assert [r["sender"] for r in gw.bot.requests][len(senders):] == [call_sid]
+            await second.ws.send(second.twilio.stop())
+            assert await second.closed_with() == 1000
+    assert sessions_replaced() == replaced + 1
+    assert [r.call_sid for r in caplog.records
+            if getattr(r, "event", None) == "session_replaced"] == [call_sid]
+    await until(lambda: not gw.gateway.calls, what="call unregistered")
+    assert await asyncio.to_thread(gw.wait_settled, before) == []
+
+
+async def test_streams_racing_for_one_call_leave_one_session(gw: RunningGateway, caplog) -> None:
+    """Three sockets start the same call at once: a session being replaced may itself be replaced
+    before it started; whatever the order, one session is left and the other sockets close."""
+    call_sid = "CA" + "8b" * 16
+    before, replaced = gw.tasks(), sessions_replaced()
+    streams = [TwilioStream(call_sid=call_sid, stream_sid=f"MZ{index:032x}") for index in range(3)]
+    async with open_stream(gw) as a, open_stream(gw) as b, open_stream(gw) as c:
+        sockets = [a, b, c]
+        await asyncio.gather(*(ws.send(twilio.start()) for ws, twilio in zip(sockets, streams)))
+        await until(lambda: sum(ws.close_code is not None for ws in sockets) == 2, timeout=10,
+                    what="two sockets closed")
+        assert [ws.close_code for ws in sockets].count(1000) == 2
+        (live,) = [ws for ws in sockets if ws.close_code is None]
+        session = gw.gateway.calls[call_sid]
+        assert not session.closed and len(gw.gateway.calls) == 1
+        assert sessions_replaced() == replaced + 2
+        await live.send(streams[sockets.index(live)].stop())
+        assert await closed_with(live) == 1000
+    await until(lambda: not gw.gateway.calls, what="call unregistered")
+    assert await asyncio.to_thread(gw.wait_settled, before) == []
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
