@@ -46,6 +46,7 @@ class ServerSettings:
     workers: int = 1
     mode: Literal["stream", "gather"] = "stream"
     drain_timeout_seconds: float = 300
+    max_active_calls: int = 100
     debug: bool = False
 
 
@@ -371,6 +372,7 @@ def _check(s: Settings) -> None:
             raise ConfigError(f"{key}: must be an absolute http(s) URL, got {url!r}")
     positive = {
         "server.drain_timeout_seconds": s.server.drain_timeout_seconds,
+        "server.max_active_calls": s.server.max_active_calls,
         "rasa.connect_timeout_seconds": s.rasa.connect_timeout_seconds,
         "rasa.timeout_seconds": s.rasa.timeout_seconds,
         "rasa.max_connections": s.rasa.max_connections,

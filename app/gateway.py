@@ -6,6 +6,7 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from app import metrics
 from app.config import Settings
 from app.prompts import spoken_prompts
 from streaming.ports import SpeechToText, TextToSpeech
@@ -43,6 +44,15 @@ class Gateway:
             stt=build_stt(settings),
             tts=build_tts(settings),
         )
+
+    def at_capacity(self) -> bool:
+        """The instance carries server.max_active_calls streamed calls: it takes no new stream.
+
+        Counted over the whole instance, not this worker: /ready and the voice webhook are
+        answered by whichever worker takes the connection, and the call's websocket then goes to
+        whichever worker accepts it.
+        """
+        return metrics.live_calls() >= self.settings.server.max_active_calls
 
     def start_warming(self) -> None:
         """Synthesize the greetings and prompts in the background, so calls hear them at once.

@@ -100,9 +100,13 @@ async def voice(request: Request, gateway: Gateway, form: Form) -> str:
     settings = gateway.settings
     call_sid = form.get("CallSid", "")
     from_number, to_number = form.get("From", ""), form.get("To", "")
-    # A draining instance keeps no new websocket: the stateless Gather path can finish anywhere.
-    mode = "gather" if settings.server.mode == "gather" or gateway.draining else "stream"
+    # A draining or full instance keeps no new websocket: the stateless Gather path can finish
+    # anywhere.
+    reason = _why_gather(gateway)
+    mode = "stream" if reason is None else "gather"
     metrics.INCOMING_CALLS.labels(mode).inc()
+    if reason == "at_capacity":
+        metrics.CALLS_OVER_CAPACITY.inc()
     logger.info(
         "incoming call",
         extra={
@@ -111,6 +115,7 @@ async def voice(request: Request, gateway: Gateway, form: Form) -> str:
             "from_number": from_number,
             "to_number": to_number,
             "mode": mode,
+            "reason": reason,
         },
     )
     urls = urls_for(request, gateway)
@@ -223,29 +228,17 @@ async def health(request: Request) -> Response:
     gateway: Gateway = request.app.state.gateway
     gateway.rasa.refresh_soon()
     return JSONResponse(
-        {
-            "status": "ok",
-            "ready": _is_ready(gateway),
-            "draining": gateway.draining,
-            "rasa_reachable": gateway.rasa.last_known_reachable,
-            "active_calls": len(gateway.calls),
-        }
+        {"status": "ok", **_readiness(gateway), "active_calls": len(gateway.calls)}
     )
 
 
 async def ready(request: Request) -> Response:
-    """Readiness: 503 while draining or while Rasa is known to be unreachable."""
+    """Readiness: 503 while draining, at server.max_active_calls, or while Rasa is known to be
+    unreachable."""
     gateway: Gateway = request.app.state.gateway
     gateway.rasa.refresh_soon()
-    is_ready = _is_ready(gateway)
-    return JSONResponse(
-        {
-            "ready": is_ready,
-            "draining": gateway.draining,
-            "rasa_reachable": gateway.rasa.last_known_reachable,
-        },
-        status_code=200 if is_ready else 503,
-    )
+    readiness = _readiness(gateway)
+    return JSONResponse(readiness, status_code=200 if readiness["ready"] else 503)
 
 
 async def metrics_endpoint(request: Request) -> Response:
@@ -261,8 +254,23 @@ def _who(form: Form) -> dict[str, str | None]:
     }
 
 
-def _is_ready(gateway: Gateway) -> bool:
-    return not gateway.draining and gateway.rasa.last_known_reachable is not False
+def _why_gather(gateway: Gateway) -> str | None:
+    """Why a new call takes the Gather path (configured, draining, at_capacity), or None."""
+    if gateway.settings.server.mode == "gather":
+        return "configured"
+    if gateway.draining:
+        return "draining"
+    if gateway.at_capacity():
+        return "at_capacity"
+    return None
+
+
+def _readiness(gateway: Gateway) -> dict[str, bool | None]:
+    """Whether load balancers should send new calls here, and what says no."""
+    draining, at_capacity = gateway.draining, gateway.at_capacity()
+    reachable = gateway.rasa.last_known_reachable
+    return {"ready": not draining and not at_capacity and reachable is not False,
+            "draining": draining, "at_capacity": at_capacity, "rasa_reachable": reachable}
 
 
 def _count(raw: str | None) -> int:

@@ -93,6 +93,7 @@ def test_file_from_gateway_config_then_environment(tmp_path: Path) -> None:
         ({"PUBLIC_URL": "voice.bank.example"}, "server.public_url"),
         ({"DEBUG": "maybe"}, "DEBUG"),
         ({"RASA_TIMEOUT_SECONDS": "0"}, "rasa.timeout_seconds"),
+        ({"SERVER_MAX_ACTIVE_CALLS": "0"}, "server.max_active_calls"),
         ({"RASA_TIMEOUT_SECONDS": "nan"}, "rasa.timeout_seconds"),
         ({"RASA_CONNECT_TIMEOUT_SECONDS": "inf"}, "rasa.connect_timeout_seconds"),
         ({"STT_GOOGLE_TIMEOUT_SECONDS": "0"}, "stt.google.timeout_seconds"),

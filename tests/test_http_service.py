@@ -55,6 +55,7 @@ def test_health_and_ready_when_rasa_is_up(up: Running) -> None:
         "status": "ok",
         "ready": True,
         "draining": False,
+        "at_capacity": False,
         "rasa_reachable": True,
         "active_calls": 0,
     }
