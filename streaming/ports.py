@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, ClassVar, Literal, Protocol
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,3 +104,78 @@ class CallInfo:
     from_number: str = ""
     to_number: str = ""
     custom_parameters: Mapping[str, str] = field(default_factory=dict)
+
+
+# -- what happened in a call, for whoever watches it (the softphone's timeline) ------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CallerInput:
+    """The caller's input exactly as sent to the bot: a final transcript, or the keyed digits."""
+
+    kind: ClassVar[str] = "caller_input"
+    text: str
+    source: Literal["speech", "dtmf"]
+
+
+@dataclass(frozen=True, slots=True)
+class BotReply:
+    """The bot's reply to one caller input, its messages as the bot sent them."""
+
+    kind: ClassVar[str] = "bot_reply"
+    messages: tuple[BotMessage, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class BotFailed:
+    """No usable reply came back; the caller hears the apology and is transferred."""
+
+    kind: ClassVar[str] = "bot_failed"
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class Prompt:
+    """The gateway speaks one of its own prompts (not the bot's words)."""
+
+    kind: ClassVar[str] = "prompt"
+    name: Literal["greeting", "reprompt", "apology", "goodbye"]
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class BargeIn:
+    """The caller interrupted a reply: which sentences were heard and which were cut."""
+
+    kind: ClassVar[str] = "barge_in"
+    cause: Literal["speech", "dtmf"]
+    played: tuple[str, ...]
+    interrupted: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class TurnLatency:
+    """How long the caller waited: every field ending in `_ms` is one stage, in milliseconds.
+
+    `total_ms` runs from the end of the caller's input to the reply's first audio sent; the
+    other stages are the parts of it that are measured.
+    """
+
+    kind: ClassVar[str] = "turn_latency"
+    total_ms: float
+    bot_ms: float | None = None
+
+
+CallEvent = CallerInput | BotReply | BotFailed | Prompt | BargeIn | TurnLatency
+
+
+class CallEvents(Protocol):
+    def emit(self, event: CallEvent) -> None:
+        """Told at turn boundaries, never per frame. Synchronous and quick: queue, don't wait."""
+
+
+class NoCallEvents:
+    """The default: nobody is watching (phone calls)."""
+
+    def emit(self, event: CallEvent) -> None:
+        pass

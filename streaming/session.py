@@ -35,13 +35,21 @@ from audio.vad import EnergyVad, VadEvent
 from streaming import metrics
 from streaming.actions import CollectDigits, HangUp, Speak, Transfer, parse_actions
 from streaming.ports import (
+    BargeIn,
     Bot,
+    BotFailed,
+    BotReply,
     CallControl,
+    CallerInput,
+    CallEvents,
     CallInfo,
+    NoCallEvents,
+    Prompt,
     RecognitionStream,
     SpeechToText,
     SynthesisError,
     TextToSpeech,
+    TurnLatency,
 )
 from streaming.protocol import clear_message, mark_message, media_message
 from streaming.tasks import cancel_and_wait
@@ -154,6 +162,7 @@ class CallSession:
         bot: Bot,
         control: CallControl,
         config: SessionConfig | None = None,
+        events: CallEvents | None = None,
     ) -> None:
         self.call = call
         self.config = config = config or SessionConfig()
@@ -162,6 +171,7 @@ class CallSession:
         self.finished = asyncio.Event()
         self._send = send
         self._stt, self._tts, self._bot, self._control = stt, tts, bot, control
+        self._events = events or NoCallEvents()
         self._log = {"call_sid": call.call_sid}
         self._vad = EnergyVad(config.vad_threshold, config.vad_start_ms, config.vad_hangover_ms)
         self._barge_ms = config.barge_in_min_speech_ms
@@ -187,6 +197,7 @@ class CallSession:
         self._no_input_timer: asyncio.TimerHandle | None = None
         self._dtmf_timer: asyncio.TimerHandle | None = None
         self._frames = 0
+        self._bot_ms: float | None = None  # the current turn's bot round trip, for TurnLatency
         self._loop: asyncio.AbstractEventLoop  # set by start()
 
     @property
@@ -356,12 +367,13 @@ class CallSession:
         playback.resolve(len(playback.sentences), False)
         self.phase = Phase.LISTENING
         metrics.BARGE_INS.inc()
-        sentences = playback.sentences
+        played = playback.sentences[:playback.played]
+        interrupted = playback.sentences[playback.played:]
         logger.info("caller interrupted the reply", extra={
             "event": "barge_in", **self._log, "cause": cause,
-            "played": sentences[:playback.played],
-            "interrupted": sentences[playback.played:],
+            "played": played, "interrupted": interrupted,
         })
+        self._events.emit(BargeIn(cause, tuple(played), tuple(interrupted)))
 
     def _arm_no_input(self) -> None:
         """Start the silence timer if the caller is expected to talk and nothing is pending."""
@@ -418,7 +430,10 @@ class CallSession:
                 self.finished.set()
                 return
             if heard_at is not None:
-                metrics.TURN_LATENCY.observe(monotonic() - heard_at)
+                waited = monotonic() - heard_at
+                metrics.TURN_LATENCY.observe(waited)
+                self._events.emit(TurnLatency(total_ms=round(waited * 1000, 1),
+                                              bot_ms=self._bot_ms))
 
     async def _recognize(self) -> None:
         assert self._stream is not None
@@ -459,6 +474,7 @@ class CallSession:
                 await self._end("redirect_to_gather", reason="stt")
                 return
             if self.config.greeting:
+                self._events.emit(Prompt("greeting", self.config.greeting))
                 await self._play([self.config.greeting], interruptible=True)
             while not self._ending:
                 self.phase = Phase.LISTENING
@@ -478,11 +494,13 @@ class CallSession:
         self.phase = Phase.THINKING
         self._disarm_no_input()
         self._reprompts = 0
+        self._bot_ms = None
         self._collect = self._default_collect()
         metrics.TURNS.inc()
         shown = utterance.text if utterance.source == "speech" else f"{len(utterance.text)} digits"
         logger.info("caller said: %s", shown, extra={
             "event": "caller_input", **self._log, "input": utterance.source})
+        self._events.emit(CallerInput(utterance.text, utterance.source))
         metadata = {
             "from": self.call.from_number, "to": self.call.to_number,
             "call_sid": self.call.call_sid, "channel": CHANNEL, "input": utterance.source,
@@ -493,10 +511,15 @@ class CallSession:
         except Exception as exc:  # BotError, or a client bug: never leave the caller in silence
             metrics.BOT_ERRORS.inc()
             logger.warning("bot failed: %s", exc, extra={"event": "bot_error", **self._log})
+            self._events.emit(BotFailed(str(exc)))
+            self._events.emit(Prompt("apology", self.config.apology))
             await self._play([self.config.apology], interruptible=False)
             await self._end("transfer")
             return
-        metrics.BOT_LATENCY.observe(monotonic() - asked)
+        answered = monotonic() - asked
+        metrics.BOT_LATENCY.observe(answered)
+        self._bot_ms = round(answered * 1000, 1)
+        self._events.emit(BotReply(tuple(replies)))
         actions = parse_actions(replies)
         speech = [action.text for action in actions if isinstance(action, Speak)]
         ending = next((a for a in actions if isinstance(a, (Transfer, HangUp))), None)
@@ -507,6 +530,7 @@ class CallSession:
                     action.timeout_seconds or self.config.dtmf_timeout_seconds)
         if isinstance(ending, HangUp) and not speech:
             speech = [self.config.goodbye]
+            self._events.emit(Prompt("goodbye", self.config.goodbye))
         await self._play(speech, interruptible=ending is None, heard_at=utterance.heard_at)
         if isinstance(ending, Transfer):
             await self._end("transfer", ending.number)
@@ -519,6 +543,7 @@ class CallSession:
             self._reprompts += 1
             logger.info("no input, reprompting", extra={
                 "event": "no_input", **self._log, "reprompt": self._reprompts})
+            self._events.emit(Prompt("reprompt", self.config.reprompt))
             await self._play([self.config.reprompt], interruptible=True)
             return
         logger.info("no input after reprompts, transferring",

@@ -20,6 +20,7 @@ from streaming.ports import (
     BotError,
     BotMessage,
     CallControlError,
+    CallEvent,
     SpeechError,
     SynthesisError,
     Transcript,
@@ -155,6 +156,19 @@ class FakeControl:
         await self._record("redirect_to_gather", call_sid)
 
 
+@dataclass
+class RecordedEvents:
+    """streaming.ports.CallEvents that keeps what it is told."""
+
+    events: list[CallEvent] = field(default_factory=list)
+
+    def emit(self, event: CallEvent) -> None:
+        self.events.append(event)
+
+    def kinds(self) -> list[str]:
+        return [event.kind for event in self.events]
+
+
 FAST = SessionConfig(
     greeting="", no_input_seconds=30, dtmf_timeout_seconds=0.2, mark_timeout_seconds=2.0,
     end_grace_seconds=0.2,
@@ -166,18 +180,21 @@ class CallHarness:
 
     def __init__(self, config: SessionConfig = FAST, *, bot: FakeBot | None = None,
                  tts: FakeTts | None = None, stt: ScriptedStt | None = None,
-                 control: FakeControl | None = None) -> None:
+                 control: FakeControl | None = None,
+                 events: RecordedEvents | None = None) -> None:
         self.twilio = TwilioStream()
         self.state = StreamState()
         self.bot = bot or FakeBot()
         self.tts = tts or FakeTts()
         self.stt = stt or ScriptedStt()
         self.control = control or FakeControl()
+        self.recorded = events or RecordedEvents()
         self.sent: list[dict[str, Any]] = []
         self.echoed: set[str] = set()
         start = self.state.parse(self.twilio.start())
         self.session = CallSession(start.call, self._send, stt=self.stt, tts=self.tts,
-                                   bot=self.bot, control=self.control, config=config)
+                                   bot=self.bot, control=self.control, config=config,
+                                   events=self.recorded)
 
     async def _send(self, text: str) -> None:
         self.sent.append(json.loads(text))
@@ -255,4 +272,4 @@ class CallHarness:
 
 
 __all__ = ["BotError", "BotMessage", "CallHarness", "FakeBot", "FakeControl", "FakeTts",
-           "ScriptedStt", "FAST"]
+           "RecordedEvents", "ScriptedStt", "FAST"]
