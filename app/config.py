@@ -23,6 +23,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
+# The softphone's token travels in a URL and a Sec-WebSocket-Protocol header: URL-safe token chars.
+SOFTPHONE_TOKEN = re.compile(r"[A-Za-z0-9._~-]{16,}")
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "config.yaml"
 
 LEGACY_ENV = {
@@ -39,6 +41,12 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True, slots=True)
+class SoftphoneSettings:
+    enabled: bool = False
+    token: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class ServerSettings:
     host: str = "0.0.0.0"
     port: int = 5001
@@ -48,6 +56,7 @@ class ServerSettings:
     drain_timeout_seconds: float = 300
     max_active_calls: int = 100
     debug: bool = False
+    softphone: SoftphoneSettings = field(default_factory=SoftphoneSettings)
 
 
 @dataclass(frozen=True, slots=True)
@@ -419,6 +428,12 @@ def _check(s: Settings) -> None:
         raise ConfigError(
             "twilio.fallback_phone_number: must be an E.164 number like \"+34911234567\" (quoted "
             f"in YAML) or a sip: URI, got {number!r}"
+        )
+    if s.server.softphone.enabled and not SOFTPHONE_TOKEN.fullmatch(s.server.softphone.token):
+        raise ConfigError(
+            "server.softphone.token: required when server.softphone.enabled is true: 16 or more "
+            "letters, digits, '-', '_', '.' or '~' "
+            "(make one with: python -c 'import secrets; print(secrets.token_urlsafe())')"
         )
     if s.gather.speech_timeout != "auto" and not s.gather.speech_timeout.isdigit():
         raise ConfigError(

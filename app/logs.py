@@ -1,8 +1,8 @@
 """JSON-lines logging with card numbers masked, and the warnings printed at startup.
 
 Every record, ours or a library's (uvicorn included), goes through one formatter on the root
-logger. Masking runs on the whole formatted line, exception text included, so a card number
-never reaches the log whatever logged it.
+logger. Masking runs on the whole formatted line, exception text included, so a card number (or
+the softphone's token in a URL) never reaches the log whatever logged it.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ PAN = re.compile(
     rf"(?<![0-9A-Za-z])(?<![0-9]\.)[0-9](?:{_SEPARATOR}?[0-9]){{12,}}(?![0-9A-Za-z])"
 )
 _NOT_DIGITS = re.compile(r"%20|[^0-9]")  # what is left of a card number: its digits
+# A token in a URL's query, as uvicorn's access log prints the softphone page's `?token=…`.
+_URL_TOKEN = re.compile(r"(?<=[?&]token=)[^&#\s\"\\]+")
 
 FIELDS = (
     "timestamp",
@@ -59,6 +61,11 @@ def mask_card_numbers(text: str) -> str:
     return PAN.sub(_mask, text)
 
 
+def mask_log_line(text: str) -> str:
+    """What every log line goes through: card numbers masked, URL tokens hidden."""
+    return _URL_TOKEN.sub("***", mask_card_numbers(text))
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: the fixed fields, then any `extra=` the caller passed."""
 
@@ -84,7 +91,7 @@ class JsonFormatter(logging.Formatter):
             entry["exception"] = record.exc_text
         if record.stack_info:
             entry["stack"] = self.formatStack(record.stack_info)
-        return mask_card_numbers(json.dumps(entry, ensure_ascii=False, default=str))
+        return mask_log_line(json.dumps(entry, ensure_ascii=False, default=str))
 
 
 def _json_safe(value: Any) -> Any:
@@ -108,7 +115,7 @@ class _GatewayHandler(logging.StreamHandler):  # type: ignore[type-arg]
         logging's own report prints the arguments, caller data, unmasked to stderr.
         """
         if logging.raiseExceptions:
-            sys.stderr.write(mask_card_numbers(
+            sys.stderr.write(mask_log_line(
                 f"--- Logging error: {sys.exc_info()[1]!r} in {record.name} "
                 f"({record.pathname}:{record.lineno}); message {record.msg!r}\n"
             ))
@@ -158,6 +165,12 @@ def startup_warnings(settings: Settings) -> list[str]:
         warnings.append(
             "server.public_url is empty: URLs are derived from each request, so signatures fail "
             "behind a TLS-terminating proxy. Set it to the https URL Twilio calls."
+        )
+    if settings.server.softphone.enabled:
+        warnings.append(
+            "server.softphone.enabled is true: /softphone lets anyone holding "
+            "server.softphone.token talk to the bot through this gateway from a browser. "
+            "For development only; turn it off in production."
         )
     if settings.stt.engine == "pocketsphinx":
         warnings.append(

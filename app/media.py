@@ -5,12 +5,17 @@ no thread hop, task, log line or metric label lookup per frame (DESIGN.md perfor
 It speaks plain ASGI messages rather than going through starlette's `WebSocket`, whose state
 checks wrap every receive and send: 2% of the gateway's CPU under load (bench/README.md).
 Invalid frames are logged (the first few per call), counted, and skipped; the call goes on.
+
+The same loop serves the softphone (app/softphone.py): a subclass of the endpoint changes who may
+connect (`admit`) and what carries out the call's endings and watches it (`link`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from starlette.requests import HTTPConnection
 from starlette.routing import WebSocketRoute
@@ -21,6 +26,7 @@ from app.config import Settings
 from app.gateway import Gateway
 from app.prompts import greeting_text
 from streaming import metrics
+from streaming.ports import CallControl, CallEvents, CallInfo
 from streaming.protocol import Dtmf, Mark, Media, ProtocolError, Start, Stop, StreamState
 from streaming.session import CallSession, SessionConfig
 from streaming.tasks import cancel_and_wait
@@ -53,6 +59,27 @@ def session_config(settings: Settings) -> SessionConfig:
     )
 
 
+SendText = Callable[[str], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """The answer to an upgrade request: the subprotocol to accept with, or why it is refused."""
+
+    refusal: str | None = None  # the close reason; None admits the connection
+    subprotocol: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CallLink:
+    """What serves one call besides the session: who carries out its endings, who watches it,
+    and what to release once it is over."""
+
+    control: CallControl
+    events: CallEvents | None = None
+    aclose: Callable[[], Awaitable[None]] | None = None
+
+
 class MediaStreamEndpoint:
     """The ASGI app behind STREAM_PATH (an instance, so starlette hands it raw ASGI messages)."""
 
@@ -61,29 +88,48 @@ class MediaStreamEndpoint:
         gateway: Gateway = conn.app.state.gateway
         if (await receive())["type"] != "websocket.connect":
             return
-        # The signature is checked on the upgrade request, before anything is read from the socket.
-        # Accepting first lets the refusal be a websocket close code (1008) rather than a bare 403.
-        await send({"type": "websocket.accept"})
-        if not security.verify(conn, gateway.settings):
+        # The upgrade request is checked before anything is read from the socket. Accepting first
+        # lets the refusal be a websocket close code (1008) rather than a bare 403.
+        admission = self.admit(conn, gateway)
+        accept = {"type": "websocket.accept"}
+        if admission.subprotocol is not None:
+            accept["subprotocol"] = admission.subprotocol
+        await send(accept)
+        if admission.refusal is not None:
             await send({"type": "websocket.close", "code": POLICY_VIOLATION,
-                        "reason": "invalid X-Twilio-Signature"})
+                        "reason": admission.refusal})
             return
-        stream = _Stream(conn, receive, send, gateway)
+        stream = _Stream(conn, receive, send, gateway, self.link)
         try:
             await stream.run()
         finally:
             await stream.aclose()
 
+    def admit(self, conn: HTTPConnection, gateway: Gateway) -> Admission:
+        """Twilio signs the upgrade request (X-Twilio-Signature)."""
+        if security.verify(conn, gateway.settings):
+            return Admission()
+        return Admission(refusal="invalid X-Twilio-Signature")
+
+    def link(self, conn: HTTPConnection, gateway: Gateway, call: CallInfo,
+             send: SendText) -> CallLink:
+        """Endings go through Twilio's REST API. Without server.public_url, the URLs given to
+        Twilio (Gather redirect, <Dial> action) are built on the base URL this websocket was
+        reached at."""
+        return CallLink(gateway.call_control.for_base_url(str(conn.base_url)))
+
 
 class _Stream:
     """One websocket's lifetime: before `start`, the call's session, and the cleanup."""
 
-    def __init__(self, conn: HTTPConnection, receive: Receive, send: Send,
-                 gateway: Gateway) -> None:
+    def __init__(self, conn: HTTPConnection, receive: Receive, send: Send, gateway: Gateway,
+                 link: Callable[[HTTPConnection, Gateway, CallInfo, SendText], CallLink]) -> None:
         self.conn = conn
         self.receive = receive
         self.send = send
         self.gateway = gateway
+        self.make_link = link
+        self.link: CallLink | None = None
         self.state = StreamState()
         self.session: CallSession | None = None
         self.call_sid: str | None = None
@@ -132,13 +178,11 @@ class _Stream:
     async def _open(self, start: Start) -> CallSession:
         gateway, call = self.gateway, start.call
         self.call_sid = call.call_sid
-        # Without server.public_url, the URLs given to Twilio (Gather redirect, <Dial> action)
-        # are built on the base URL this websocket was reached at.
-        control = gateway.call_control.for_base_url(str(self.conn.base_url))
+        self.link = link = self.make_link(self.conn, gateway, call, self.send_text)
         session = CallSession(
             call, self.send_text,
-            stt=gateway.stt, tts=gateway.tts, bot=gateway.rasa, control=control,
-            config=session_config(gateway.settings),
+            stt=gateway.stt, tts=gateway.tts, bot=gateway.rasa, control=link.control,
+            config=session_config(gateway.settings), events=link.events,
         )
         self.session = session
         previous = gateway.calls.get(call.call_sid)
@@ -177,6 +221,8 @@ class _Stream:
             await session.aclose()
             if gateway.calls.get(session.call.call_sid) is session:
                 del gateway.calls[session.call.call_sid]
+        if self.link is not None and self.link.aclose is not None:
+            await self.link.aclose()
         if self.rejected > LOGGED_REJECTIONS:
             logger.warning("%d websocket messages rejected in this call", self.rejected, extra={
                 "event": "frames_rejected", "call_sid": self.call_sid, "count": self.rejected})

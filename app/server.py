@@ -19,7 +19,7 @@ from starlette.applications import Starlette
 from uvicorn._subprocess import get_subprocess
 from uvicorn.config import STARTUP_FAILURE
 
-from app import media, metrics, webhooks
+from app import media, metrics, softphone, webhooks
 from app.config import Settings, load_settings
 from app.gateway import Gateway
 from app.logs import configure_logging
@@ -50,7 +50,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     return Starlette(
         debug=settings.server.debug,
-        routes=[*webhooks.routes, *media.routes],
+        routes=[*webhooks.routes, *media.routes, *softphone.routes(settings)],
         lifespan=lifespan,
     )
 

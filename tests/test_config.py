@@ -105,6 +105,11 @@ def test_file_from_gateway_config_then_environment(tmp_path: Path) -> None:
         ({"CALL_OUTBOUND_CHUNK_MS": "30"}, "call.outbound_chunk_ms"),
         ({"LOGGING_LEVEL": "verbose"}, "logging.level"),
         ({"FALLBACK_PHONE_NUMBER": "34911234567"}, "twilio.fallback_phone_number"),
+        ({"SERVER_SOFTPHONE_ENABLED": "true"}, "server.softphone.token"),
+        ({"SERVER_SOFTPHONE_ENABLED": "yes", "SERVER_SOFTPHONE_TOKEN": "short"},
+         "server.softphone.token"),
+        ({"SERVER_SOFTPHONE_ENABLED": "1", "SERVER_SOFTPHONE_TOKEN": "sixteen chars, no"},
+         "server.softphone.token"),
     ],
 )
 def test_bad_environment_value_names_the_key(environ: dict[str, str], key: str) -> None:
@@ -137,6 +142,16 @@ def test_bad_file_names_the_key(tmp_path: Path, text: str, key: str) -> None:
 def test_missing_file_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"missing\.yaml"):
         load_settings(tmp_path / "missing.yaml", environ={})
+
+
+def test_softphone_is_off_by_default_and_on_with_a_token() -> None:
+    assert Settings().server.softphone.enabled is False
+    settings = load_settings(environ={"SERVER_SOFTPHONE_ENABLED": "true",
+                                      "SERVER_SOFTPHONE_TOKEN": "Xy7-_.~abcdefghij"})
+    assert settings.server.softphone.enabled is True
+    assert settings.server.softphone.token == "Xy7-_.~abcdefghij"
+    # Off, the token is not looked at.
+    assert load_settings(environ={"SERVER_SOFTPHONE_TOKEN": "x"}).server.softphone.token == "x"
 
 
 def test_replace_validates() -> None:

@@ -160,6 +160,22 @@ def test_uvicorn_logs_go_through_the_formatter(log_output: io.StringIO) -> None:
     assert all("color_message" not in e for e in entries)
 
 
+def test_tokens_in_urls_are_hidden(log_output: io.StringIO) -> None:
+    """The softphone page's address holds its token; uvicorn logs the address it was asked."""
+    async def ok(request: object) -> PlainTextResponse:
+        return PlainTextResponse("ok")
+
+    token = "Xy7-_.~abcdefghijkl"
+    app = Starlette(routes=[Route("/softphone", ok)])
+    with running(app) as server:
+        assert httpx.get(f"{server.url}/softphone?token={token}&from=1").status_code == 200
+        assert httpx.get(f"{server.url}/softphone?from=1&token={token}").status_code == 200
+    access = [str(e["message"]) for e in lines(log_output) if e["logger"] == "uvicorn.access"]
+    assert [m.split('"')[1] for m in access] == ["GET /softphone?token=***&from=1 HTTP/1.1",
+                                                 "GET /softphone?from=1&token=*** HTTP/1.1"]
+    assert token not in log_output.getvalue()
+
+
 def test_levels_and_reconfiguration() -> None:
     root = logging.getLogger()
     level = root.level
@@ -190,3 +206,7 @@ def test_startup_warnings() -> None:
     assert any("fallback_phone_number" in w for w in no_token)
     assert any("public_url" in w for w in no_token)
     assert any("pocketsphinx" in w and "English only" in w for w in no_token)
+    assert not any("softphone" in w for w in no_token)
+    softphone = startup_warnings(Settings().replace(
+        server={"softphone": {"enabled": True, "token": "Xy7-_.~abcdefghij"}}))
+    assert any("softphone" in w and "development only" in w.lower() for w in softphone)
