@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Prepares a fresh machine: Debian's espeak-ng (offline TTS) and sox (test audio), then a virtualenv
-# in .venv with the gateway and the given extras installed. Safe to run again.
+# Prepares a fresh machine: Debian's espeak-ng (offline TTS) and sox (test audio), with the test
+# extras also chromium (the softphone's browser test) and a font for its screenshots; then a
+# virtualenv in .venv with the gateway and the given extras installed. Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extras="${1:-}"
@@ -8,6 +9,9 @@ extras="${1:-}"
 missing=()
 command -v espeak-ng >/dev/null 2>&1 || missing+=(espeak-ng)
 command -v sox >/dev/null 2>&1 || missing+=(sox)
+if [[ ",$extras," == *",test,"* ]]; then
+  command -v chromium >/dev/null 2>&1 || missing+=(chromium fonts-dejavu-core)
+fi
 if ((${#missing[@]})); then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "installing ${missing[*]} with apt-get" >&2
