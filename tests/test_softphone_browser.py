@@ -46,13 +46,16 @@ CHROMIUM_FLAGS = [
 ]
 
 
-def chromium() -> str:
-    path = shutil.which("chromium")
-    if path is None:
+CHROMIUM = shutil.which("chromium")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def chromium_installed() -> None:
+    """First of the module's fixtures: no gateway is started for a browser that is not there."""
+    if CHROMIUM is None:
         if os.environ.get("CI"):
             pytest.fail("chromium is not installed: scripts/bootstrap.sh installs it on CI")
         pytest.skip("chromium is not installed (apt-get install chromium)")
-    return path
 
 
 def bot_reply(text: str) -> list[dict[str, Any]]:
@@ -90,11 +93,10 @@ def gw() -> Iterator[RunningGateway]:
 @pytest.fixture(scope="module")
 def browser() -> Iterator[BrowserContext]:
     """Chromium with a fresh profile (Playwright's user_data_dir) and the fake microphone."""
-    executable = chromium()
     with tempfile.TemporaryDirectory() as scratch, sync_playwright() as playwright:
         microphone = microphone_wav(Path(scratch))
         context = playwright.chromium.launch_persistent_context(
-            Path(scratch) / "profile", executable_path=executable, headless=True,
+            Path(scratch) / "profile", executable_path=CHROMIUM, headless=True,
             args=[*CHROMIUM_FLAGS, f"--use-file-for-fake-audio-capture={microphone}"],
         )
         try:
