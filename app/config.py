@@ -36,6 +36,13 @@ LEGACY_ENV = {
 }
 
 
+# Settings that moved: a file still using the old name is told the new one.
+MOVED = {
+    "vad.hangover_ms": "stt.endpoint_silence_ms",
+    "stt.google.phrase_hints": "stt.phrase_hints",
+}
+
+
 class ConfigError(ValueError):
     """A setting is missing, of the wrong type or out of range; the message names the key."""
 
@@ -131,7 +138,6 @@ class CallSettings:
 @dataclass(frozen=True, slots=True)
 class VadSettings:
     energy_threshold: int = 500
-    hangover_ms: int = 600
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,16 +148,23 @@ class PocketsphinxSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class WhisperSettings:
+    model_dir: str = ""
+    cache_dir: str = ""
+    device: Literal["cpu", "cuda", "auto"] = "cpu"
+    compute_type: str = "int8"
+    beam_size: int = 5
+    cpu_threads: int = 2
+    workers: int = 1
+    max_utterance_seconds: float = 15.0
+    max_queue_seconds: float = 3.0
+
+
+@dataclass(frozen=True, slots=True)
 class GoogleSttSettings:
     model: str = "phone_call"
     use_enhanced: bool = True
     interim_results: bool = True
-    phrase_hints: tuple[str, ...] = (
-        "bloquear tarjeta",
-        "tarjeta de crédito",
-        "tarjeta de débito",
-        "ejecutivo",
-    )
     restart_seconds: float = 240
     endpoint: str = ""
     insecure: bool = False
@@ -160,7 +173,21 @@ class GoogleSttSettings:
 
 @dataclass(frozen=True, slots=True)
 class SttSettings:
-    engine: Literal["pocketsphinx", "google", "null"] = "pocketsphinx"
+    engine: Literal["whisper", "pocketsphinx", "google", "null"] = "whisper"
+    # Words callers say: Google's speech contexts, Whisper's decoder prompt.
+    phrase_hints: tuple[str, ...] = (
+        "sí",
+        "no",
+        "por favor",
+        "gracias",
+        "bloquear tarjeta",
+        "tarjeta de crédito",
+        "tarjeta de débito",
+        "ejecutivo",
+    )
+    # Silence that ends an utterance: the session's VAD and the Whisper utterance cut.
+    endpoint_silence_ms: int = 500
+    whisper: WhisperSettings = field(default_factory=WhisperSettings)
     pocketsphinx: PocketsphinxSettings = field(default_factory=PocketsphinxSettings)
     google: GoogleSttSettings = field(default_factory=GoogleSttSettings)
 
@@ -257,7 +284,8 @@ def _deep_merge(base: dict[str, Any], override: Mapping[str, Any], prefix: str) 
     for key, value in override.items():
         dotted = f"{prefix}.{key}" if prefix else str(key)
         if key not in base:
-            raise ConfigError(f"{dotted}: unknown setting")
+            moved = f" (it is now {MOVED[dotted]})" if dotted in MOVED else ""
+            raise ConfigError(f"{dotted}: unknown setting{moved}")
         if isinstance(base[key], dict):
             if not isinstance(value, Mapping):
                 raise ConfigError(f"{dotted}: must be a mapping of settings")
@@ -394,6 +422,10 @@ def _check(s: Settings) -> None:
         "stt.google.timeout_seconds": s.stt.google.timeout_seconds,
         "tts.google.timeout_seconds": s.tts.google.timeout_seconds,
         "stt.pocketsphinx.workers": s.stt.pocketsphinx.workers,
+        "stt.endpoint_silence_ms": s.stt.endpoint_silence_ms,
+        "stt.whisper.beam_size": s.stt.whisper.beam_size,
+        "stt.whisper.workers": s.stt.whisper.workers,
+        "stt.whisper.max_queue_seconds": s.stt.whisper.max_queue_seconds,
         "tts.google.speaking_rate": s.tts.google.speaking_rate,
     }
     for key, value in positive.items():
@@ -405,7 +437,7 @@ def _check(s: Settings) -> None:
         "call.barge_in_min_speech_ms": s.call.barge_in_min_speech_ms,
         "tts.cache_size": s.tts.cache_size,
         "vad.energy_threshold": s.vad.energy_threshold,
-        "vad.hangover_ms": s.vad.hangover_ms,
+        "stt.whisper.cpu_threads": s.stt.whisper.cpu_threads,
     }
     for key, value in non_negative.items():
         if value < 0:
@@ -414,6 +446,8 @@ def _check(s: Settings) -> None:
         raise ConfigError("call.outbound_chunk_ms: must be a multiple of 20")
     if len(s.call.dtmf_finish_key) != 1 or s.call.dtmf_finish_key not in "0123456789*#":
         raise ConfigError("call.dtmf_finish_key: must be one DTMF key (0-9, * or #)")
+    if s.stt.whisper.max_utterance_seconds < 2:
+        raise ConfigError("stt.whisper.max_utterance_seconds: must be at least 2")
     if s.stt.google.restart_seconds >= 300:
         raise ConfigError("stt.google.restart_seconds: must be under Google's 300 s stream limit")
     try:

@@ -172,11 +172,10 @@ def startup_warnings(settings: Settings) -> list[str]:
             "server.softphone.token talk to the bot through this gateway from a browser. "
             "For development only; turn it off in production."
         )
-    if settings.stt.engine == "pocketsphinx":
+    if settings.stt.engine == "pocketsphinx" and not settings.language.code.lower().startswith("en"):
         warnings.append(
-            "stt.engine is pocketsphinx: no registry package ships a Spanish recognition model, "
-            "so the offline STT recognizes English only (language.code is "
-            f"{settings.language.code}). For Spanish callers use stt.engine=google or "
-            "server.mode=gather."
+            "stt.engine is pocketsphinx, which recognizes English only (language.code is "
+            f"{settings.language.code}): callers will not be understood. Use stt.engine=whisper "
+            "(the offline default) or google."
         )
     return warnings

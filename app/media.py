@@ -55,7 +55,7 @@ def session_config(settings: Settings) -> SessionConfig:
         dtmf_finish_key=call.dtmf_finish_key,
         outbound_chunk_ms=call.outbound_chunk_ms,
         vad_threshold=settings.vad.energy_threshold,
-        vad_hangover_ms=settings.vad.hangover_ms,
+        vad_hangover_ms=settings.stt.endpoint_silence_ms,
     )
 
 

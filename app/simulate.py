@@ -79,6 +79,7 @@ class SimulationResult:
     protocol_errors: list[str]  # what Twilio would reject (binary frames, bad JSON, wrong sid)
     close_code: int | None  # set when the gateway closed the websocket itself
     duration: float
+    started_at: float = 0.0  # time.monotonic() at stream time 0 (real time: to compare clocks)
 
     def times(self, kind: str) -> list[float]:
         return [e.t for e in self.events if e.kind == kind]
@@ -460,7 +461,7 @@ async def simulate_call(
         latencies.append(None if first is None else first - end)
     events.sort(key=lambda e: e.t)
     return SimulationResult(call_sid, stream_sid, response.text, playout.render(duration), events,
-                            latencies, errors, close_code, duration)
+                            latencies, errors, close_code, duration, clock.t0)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

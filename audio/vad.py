@@ -1,7 +1,6 @@
 """Energy voice-activity detection over 20 ms mu-law frames: two C calls and a few comparisons.
 
-Cheap enough to run inline for every inbound frame on the event loop (see DESIGN.md performance
-facts); a neural VAD per call would cost more than the whole frame path.
+Cheap enough to run inline for every inbound frame on the event loop (README.md, Architecture); a neural VAD per call would cost more than the whole frame path.
 """
 
 from __future__ import annotations
@@ -22,11 +21,11 @@ class EnergyVad:
 
     `speech_ms` spans the current speech from its onset (the first loud frame of the run that
     started it) to its latest loud frame, 0 outside speech: barge-in compares it to its minimum,
-    and the quiet tail of a short burst does not count.
+    and the quiet tail of a short burst does not count. `quiet_ms` is the quiet since that frame.
     """
 
     __slots__ = ("threshold", "start_ms", "hangover_ms", "sample_rate",
-                 "in_speech", "speech_ms", "_loud_ms", "_quiet_ms", "_span_ms")
+                 "in_speech", "speech_ms", "quiet_ms", "_loud_ms", "_span_ms")
 
     def __init__(self, threshold: int = 500, start_ms: int = 60, hangover_ms: int = 600,
                  sample_rate: int = 8000) -> None:
@@ -37,7 +36,7 @@ class EnergyVad:
         self.in_speech = False
         self.speech_ms = 0
         self._loud_ms = 0
-        self._quiet_ms = 0
+        self.quiet_ms = 0
         self._span_ms = 0
 
     def process(self, frame: bytes) -> VadEvent | None:
@@ -53,19 +52,19 @@ class EnergyVad:
                 return None
             self.in_speech = True
             self.speech_ms = self._span_ms = self._loud_ms
-            self._quiet_ms = 0
+            self.quiet_ms = 0
             return VadEvent.SPEECH_START
         self._span_ms += ms
         if loud:
-            self._quiet_ms = 0
+            self.quiet_ms = 0
             self.speech_ms = self._span_ms
             return None
-        self._quiet_ms += ms
-        if self._quiet_ms < self.hangover_ms:
+        self.quiet_ms += ms
+        if self.quiet_ms < self.hangover_ms:
             return None
         self.reset()
         return VadEvent.SPEECH_END
 
     def reset(self) -> None:
         self.in_speech = False
-        self.speech_ms = self._loud_ms = self._quiet_ms = self._span_ms = 0
+        self.speech_ms = self._loud_ms = self.quiet_ms = self._span_ms = 0

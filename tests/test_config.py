@@ -58,7 +58,7 @@ def test_environment_names_follow_the_key_path() -> None:
             "RASA_TIMEOUT_SECONDS": "2.5",
             "GATHER_NO_INPUT_LIMIT": "3",
             "TWILIO_VALIDATE_SIGNATURES": "off",
-            "STT_GOOGLE_PHRASE_HINTS": "bloquear tarjeta, ejecutivo ,",
+            "STT_PHRASE_HINTS": "bloquear tarjeta, ejecutivo ,",
             "LANGUAGE_CODE": "es-MX",
         }
     )
@@ -66,7 +66,7 @@ def test_environment_names_follow_the_key_path() -> None:
     assert settings.rasa.timeout_seconds == 2.5
     assert settings.gather.no_input_limit == 3
     assert settings.twilio.validate_signatures is False
-    assert settings.stt.google.phrase_hints == ("bloquear tarjeta", "ejecutivo")
+    assert settings.stt.phrase_hints == ("bloquear tarjeta", "ejecutivo")
     assert settings.language.code == "es-MX"
 
 
@@ -125,7 +125,13 @@ def test_bad_environment_value_names_the_key(environ: dict[str, str], key: str) 
         ("server:\n  port: .inf\n", "server.port"),
         ("server:\n  workers: 1.5\n", "server.workers"),
         ("twilio:\n  validate_signatures: sometimes\n", "twilio.validate_signatures"),
-        ("stt:\n  google:\n    phrase_hints: {a: 1}\n", "stt.google.phrase_hints"),
+        ("stt:\n  phrase_hints: {a: 1}\n", "stt.phrase_hints"),
+        # Settings that moved say where they went.
+        ("stt:\n  google:\n    phrase_hints: [a]\n", "now stt.phrase_hints"),
+        ("vad:\n  hangover_ms: 400\n", "now stt.endpoint_silence_ms"),
+        ("stt:\n  whisper:\n    device: tpu\n", "stt.whisper.device"),
+        ("stt:\n  whisper:\n    max_utterance_seconds: 1\n", "stt.whisper.max_utterance_seconds"),
+        ("stt:\n  whisper:\n    workers: 0\n", "stt.whisper.workers"),
         # Unquoted, YAML reads the number as an integer and the + is lost.
         ("twilio:\n  fallback_phone_number: +34911234567\n", "twilio.fallback_phone_number"),
         ("server: [\n", "not valid YAML"),

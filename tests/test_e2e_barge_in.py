@@ -64,9 +64,9 @@ async def test_speech_during_a_reply_clears_it_within_300_ms(gw):
 
 async def test_a_prompt_reply_is_not_cleared_by_the_end_of_the_request():
     """The reply may start while the gateway's VAD is still in the hangover of the caller's
-    request (the recognizer's final and Rasa can be faster than vad.hangover_ms): speech that
+    request (the recognizer's final and Rasa can be faster than stt.endpoint_silence_ms): speech
     started before the reply must not interrupt it. A long hangover makes that race certain."""
-    settings = e2e_settings().replace(vad={"hangover_ms": 1500})
+    settings = e2e_settings().replace(stt={"endpoint_silence_ms": 1500})
     with running_gateway(settings, RasaBot(reply=reply)) as gw:
         result = await simulate_call(gw.url, [Turn(audio=caller("block_my_card"))],
                                      auth_token=AUTH_TOKEN, tail=10)

@@ -15,8 +15,8 @@ from streaming.tts.google import GoogleTextToSpeech
 from streaming.tts.null import NullTextToSpeech
 
 
-async def test_default_settings_build_pocketsphinx_with_its_options() -> None:
-    settings = Settings().replace(stt={"pocketsphinx": {
+async def test_pocketsphinx_with_its_options() -> None:
+    settings = Settings().replace(stt={"engine": "pocketsphinx", "pocketsphinx": {
         "phrases": ["Block my card", "yes"], "workers": 1}})
     stt = build_stt(settings)
     try:
@@ -30,14 +30,16 @@ async def test_default_settings_build_pocketsphinx_with_its_options() -> None:
 
 def test_pocketsphinx_settings_errors_surface_at_startup() -> None:
     with pytest.raises(ValueError, match="es-ES"):
-        build_stt(Settings().replace(stt={"pocketsphinx": {"language": "es-ES"}}))
+        build_stt(Settings().replace(stt={"engine": "pocketsphinx",
+                                          "pocketsphinx": {"language": "es-ES"}}))
     with pytest.raises(ValueError, match="zzyzzx"):
-        build_stt(Settings().replace(stt={"pocketsphinx": {"phrases": ["zzyzzx"]}}))
+        build_stt(Settings().replace(stt={"engine": "pocketsphinx",
+                                          "pocketsphinx": {"phrases": ["zzyzzx"]}}))
 
 
-async def test_google_stt_gets_the_google_settings() -> None:
-    settings = Settings().replace(stt={"engine": "google", "google": {
-        "model": "latest_short", "phrase_hints": ["ejecutivo"], "restart_seconds": 120,
+async def test_google_stt_gets_the_google_settings_and_the_shared_hints() -> None:
+    settings = Settings().replace(stt={"engine": "google", "phrase_hints": ["ejecutivo"], "google": {
+        "model": "latest_short", "restart_seconds": 120,
         "endpoint": "127.0.0.1:1", "insecure": True, "interim_results": False}})
     stt = build_stt(settings)
     assert isinstance(stt, GoogleSpeechToText)

@@ -205,7 +205,11 @@ def test_startup_warnings() -> None:
     assert any("auth_token" in w and "refused" in w for w in no_token)
     assert any("fallback_phone_number" in w for w in no_token)
     assert any("public_url" in w for w in no_token)
-    assert any("pocketsphinx" in w and "English only" in w for w in no_token)
+    assert not any("English" in w for w in no_token)  # the default recognizer speaks Spanish
+    english_only = startup_warnings(Settings().replace(stt={"engine": "pocketsphinx"}))
+    assert any("pocketsphinx" in w and "English only" in w for w in english_only)
+    assert not any("English" in w for w in startup_warnings(Settings().replace(
+        stt={"engine": "pocketsphinx"}, language={"code": "en-US"})))
     assert not any("softphone" in w for w in no_token)
     softphone = startup_warnings(Settings().replace(
         server={"softphone": {"enabled": True, "token": "Xy7-_.~abcdefghij"}}))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +30,7 @@ class RasaBot:
     mode: str = "ok"  # ok | slow | error | garbage | not_a_list | bad_gzip
     delay_seconds: float = 0.0
     requests: list[dict[str, Any]] = field(default_factory=list)
+    received_at: list[float] = field(default_factory=list)  # time.monotonic() of each request
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def app(self) -> Starlette:
@@ -48,6 +50,7 @@ class RasaBot:
         body = await request.json()
         with self._lock:
             self.requests.append(body)
+            self.received_at.append(time.monotonic())
         if self.delay_seconds or self.mode == "slow":
             await asyncio.sleep(self.delay_seconds or 30)
         if self.mode == "error":
