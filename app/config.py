@@ -186,7 +186,7 @@ class SttSettings:
         "ejecutivo",
     )
     # Silence that ends an utterance: the session's VAD and the Whisper utterance cut.
-    endpoint_silence_ms: int = 500
+    endpoint_silence_ms: int = 400
     whisper: WhisperSettings = field(default_factory=WhisperSettings)
     pocketsphinx: PocketsphinxSettings = field(default_factory=PocketsphinxSettings)
     google: GoogleSttSettings = field(default_factory=GoogleSttSettings)

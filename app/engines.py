@@ -41,7 +41,8 @@ def shared_stt_options(settings: Settings) -> dict[str, Any]:
 def build_stt(settings: Settings) -> SpeechToText:
     """The configured recognizer. The Whisper engine raises ModelError when its model fails
     the integrity check (the command line turns it into a one-line message and exit code 2)."""
-    return _build("stt", settings.stt, _STT, shared_stt_options(settings))  # type: ignore[no-any-return]
+    engine: SpeechToText = _build("stt", settings.stt, _STT, shared_stt_options(settings))
+    return engine
 
 
 def build_tts(settings: Settings) -> TextToSpeech:

@@ -172,7 +172,8 @@ def startup_warnings(settings: Settings) -> list[str]:
             "server.softphone.token talk to the bot through this gateway from a browser. "
             "For development only; turn it off in production."
         )
-    if settings.stt.engine == "pocketsphinx" and not settings.language.code.lower().startswith("en"):
+    english = settings.language.code.lower().startswith("en")
+    if settings.stt.engine == "pocketsphinx" and not english:
         warnings.append(
             "stt.engine is pocketsphinx, which recognizes English only (language.code is "
             f"{settings.language.code}): callers will not be understood. Use stt.engine=whisper "

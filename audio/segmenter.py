@@ -33,7 +33,7 @@ class UtteranceSegmenter:
     __slots__ = ("_vad", "_ring", "_speech", "_speech_start", "_fed", "_rest", "_tail_bytes",
                  "_max_bytes", "_soft_bytes", "_min_speech_ms")
 
-    def __init__(self, *, threshold: int = 500, start_ms: int = 60, end_silence_ms: int = 500,
+    def __init__(self, *, threshold: int = 500, start_ms: int = 60, end_silence_ms: int = 400,
                  pre_roll_ms: int = 300, tail_ms: int = 200, max_utterance_ms: int = 15000,
                  min_speech_ms: int = 150) -> None:
         if max_utterance_ms < 2000:

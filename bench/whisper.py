@@ -16,8 +16,10 @@
 4. Capacity: callers who speak again as soon as the bot's short reply has played (~every 6 s),
    for a window; the gateway's CPU per caller gives the calls one core carries.
 
-Figures are printed, nothing is asserted. The machine's load is printed first and last: other
-work on the cores moves every figure.
+Settings come from config.yaml and the environment, for this process and the gateway alike
+(`STT_ENDPOINT_SILENCE_MS=300 python bench/whisper.py`). Figures are printed, nothing is
+asserted. The machine's load is printed first and last: other work on the cores moves every
+figure.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from app.config import Settings  # noqa: E402
+from app.config import load_settings  # noqa: E402
 from app.engines import build_stt  # noqa: E402
 from app.simulate import SimulationResult, Turn, load_wav, simulate_call  # noqa: E402
 from audio import wav  # noqa: E402
@@ -112,8 +114,9 @@ def decoding(engine: WhisperSpeechToText, repeat: int) -> None:
                 errors = edits(words(said), words(result.text))
                 total_edits += errors
                 total_words += len(words(said))
+                heard = result.text or f"({result.rejected})"
                 print(f"   {name:<22} {len(audio) / 8000:4.1f} s  {wall:4.2f} s wall  "
-                      f"{used:4.2f} s CPU  {errors} errors  {result.text or '(' + result.rejected + ')'!r}")
+                      f"{used:4.2f} s CPU  {errors} errors  {heard!r}")
     print(f"   CPU per utterance p50 {statistics.median(cpu):.2f} s, max {max(cpu):.2f} s; "
           f"real-time factor p50 {statistics.median(rtf):.2f}")
     print(f"   word error rate {total_edits}/{total_words} = {total_edits / total_words:.1%}")
@@ -124,7 +127,7 @@ _PROCESS_ENGINE: WhisperSpeechToText | None = None
 
 def _process_init() -> None:
     global _PROCESS_ENGINE
-    _PROCESS_ENGINE = build_stt(Settings())  # type: ignore[assignment]
+    _PROCESS_ENGINE = build_stt(load_settings())  # type: ignore[assignment]
 
 
 def _process_decode(audio: bytes) -> str:
@@ -290,6 +293,8 @@ def capacity(url: str, process: psutil.Process, arrivals: Arrivals, calls: int,
     used, heard = asyncio.run(run())
     per_call = used / seconds / calls  # cores
     period = seconds * calls / heard if heard else float("inf")
+    rss = process.memory_info().rss / 2**20
+    print(f"   gateway memory (RSS, model loaded) {rss:.0f} MiB")
     print(f"   gateway CPU {used / seconds:.2f} cores = {per_call:.2f} of a core per call; "
           f"{heard} turns heard, one per caller every {period:.1f} s; "
           f"{used / heard if heard else 0:.2f} CPU s per turn")
@@ -322,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
         args.repeat, args.callers, args.turns = 1, "1", 1
         args.capacity_calls, args.capacity_seconds = 1, 8
     machine("before")
-    settings = Settings()
+    settings = load_settings()  # config.yaml and the environment, as the gateway reads them
     whisper = settings.stt.whisper
     print(f"settings: model {whisper.model_dir or 'embedded base'}, {whisper.device} "
           f"{whisper.compute_type}, beam {whisper.beam_size}, {whisper.cpu_threads} threads x "

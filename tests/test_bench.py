@@ -40,3 +40,14 @@ def test_compare_runs_two_gateways_side_by_side() -> None:
     assert "{'CALL_OUTBOUND_CHUNK_MS': '80'}" in result.stdout
     assert "calls dropped" not in result.stdout
     assert "B/A median of 1 runs:" in result.stdout
+
+
+def test_whisper_benchmark_reports_every_figure() -> None:
+    result = run("bench/whisper.py", "--quick")
+    out = result.stdout
+    assert result.returncode == 0, out + result.stderr
+    assert "word error rate" in out and "CPU per utterance p50" in out
+    assert "thread pool (the engine's)" in out and "process pool, 1 process" in out
+    assert "1 callers: end of speech -> transcript p50" in out, out
+    assert "(1/1 turns heard)" in out
+    assert "calls per core at one turn every 6 s" in out

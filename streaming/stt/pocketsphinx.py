@@ -18,7 +18,7 @@ that matches no phrase is cheaper to explain as phones, so it yields no final (l
 `stt_rejected`); a final is always exactly one of the phrases, as configured. Without phrases the
 generic English language model transcribes freely (much less accurate on phone audio).
 
-The only model a registry package ships is US English: no Spanish recognition offline.
+The only model a registry package ships for it is US English; Spanish offline is `whisper.py`.
 
 Workers are spawned, so a script (not `python -m ...`) that builds this engine needs the usual
 `if __name__ == "__main__":` guard: each worker imports the main script again.

@@ -99,7 +99,7 @@ class WhisperSpeechToText:
         max_utterance_seconds: float = 15.0,
         max_queue_seconds: float = 3.0,
         phrase_hints: Sequence[str] = (),
-        endpoint_silence_ms: int = 500,
+        endpoint_silence_ms: int = 400,
         energy_threshold: int = 500,
     ) -> None:
         if workers < 1:

@@ -102,7 +102,8 @@ def _verify(path: Path, pin: Pin, remedy: str) -> None:
         size = path.stat().st_size
         digest = _sha256(_read(path)) if size == pin.size else ""
     except OSError as exc:
-        raise ModelError(f"Whisper model file {path} cannot be read: {exc.strerror or exc}") from None
+        reason = exc.strerror or exc
+        raise ModelError(f"Whisper model file {path} cannot be read: {reason}") from None
     if size != pin.size or digest != pin.sha256:
         found = f"{size} bytes" if size != pin.size else f"sha256 {digest}"
         raise ModelError(
