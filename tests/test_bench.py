@@ -49,5 +49,5 @@ def test_whisper_benchmark_reports_every_figure() -> None:
     assert "word error rate" in out and "CPU per utterance p50" in out
     assert "thread pool (the engine's)" in out and "process pool, 1 process" in out
     assert "1 callers: end of speech -> transcript p50" in out, out
-    assert "(1/1 turns heard)" in out
-    assert "calls per core at one turn every 6 s" in out
+    assert "(1/1 turns heard, 0 calls given up by the gateway)" in out
+    assert "gateway CPU" in out and "CPU s per turn" in out

@@ -3,14 +3,14 @@
 Whisper is not streaming: each call's audio is cut into utterances on the event loop by
 `audio.segmenter` (the same energy VAD the session runs, ~2 µs per 20 ms frame), and each utterance
 is handed once to a decoding pool shared by every call. Its final transcript follows about one
-decode (~0.8 s wall, ~1.3 s CPU for Whisper base on two cores, whatever the utterance's length:
-the encoder always sees a 30 s window) after the caller stopped. There are no interim results.
+decode (~1 s wall, ~1.6 s CPU for Whisper base with beam 5 on two cores, whatever the utterance's
+length: the encoder always sees a 30 s window) after the caller stopped. No interim results.
 
 Why threads, not processes: CTranslate2 releases the GIL while it encodes and decodes, and the
 Python and numpy work around it (features, tokens) is short. Measured on the 2-core machine, six
 utterances decoded back to back by a thread pool kept a 5 ms asyncio ticker at 0.1 ms lag p50 and
-3-7 ms p99 (`bench/whisper.py` prints the lag under load). A process pool would hold one copy of
-the model per process (~150 MB each) and pickle every utterance for the same loop latency. One
+3-7 ms p99; `bench/whisper.py` measures both kinds of pool: the same lag (p99 ~4 ms). A process
+pool would hold one more copy of the model per process and pickle every utterance for nothing. One
 `WhisperModel` is loaded per process and shared; `workers` threads decode at once
 (CTranslate2's `num_workers`), each with `cpu_threads` threads.
 
@@ -38,6 +38,7 @@ from functools import lru_cache
 
 import numpy as np
 from faster_whisper import WhisperModel
+from prometheus_client import Histogram
 
 from audio import mulaw
 from audio.resample import resample
@@ -58,6 +59,13 @@ MAX_NO_SPEECH_PROB = 0.6
 MIN_AVG_LOGPROB = -1.0
 MAX_COMPRESSION_RATIO = 2.4
 _END = object()
+
+_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0)
+QUEUE_WAIT = Histogram("stt_whisper_queue_seconds",
+                       "How long an utterance waited for a free decoder.", buckets=_BUCKETS)
+DECODE = Histogram("stt_whisper_decode_seconds",
+                   "Wall time to decode one utterance (capacity: compare with callers' pauses).",
+                   buckets=_BUCKETS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +101,7 @@ class WhisperSpeechToText:
         cache_dir: str = "",
         device: str = "cpu",
         compute_type: str = "int8",
-        beam_size: int = 1,
+        beam_size: int = 5,
         cpu_threads: int = 2,
         workers: int = 1,
         max_utterance_seconds: float = 15.0,
@@ -125,8 +133,11 @@ class WhisperSpeechToText:
 
     def decode(self, audio: bytes, language: str, queued_at: float = 0.0) -> Decoded:
         """Recognize one utterance of 8 kHz mu-law. Blocking: runs on the pool's threads."""
-        if queued_at and time.monotonic() - queued_at > self.max_queue_seconds:
-            return Decoded("", behind=True)
+        started = time.monotonic()
+        if queued_at:
+            QUEUE_WAIT.observe(started - queued_at)
+            if started - queued_at > self.max_queue_seconds:
+                return Decoded("", behind=True)
         pcm = resample(mulaw.decode(audio), 8000, MODEL_RATE)
         samples = np.frombuffer(pcm, dtype=np.int16).astype(np.float32) / 32768.0
         seconds = len(samples) / MODEL_RATE
@@ -157,6 +168,7 @@ class WhisperSpeechToText:
                 texts.append(segment.text.strip())
                 logprobs.append(segment.avg_logprob)
         text = " ".join(t for t in texts if t)
+        DECODE.observe(time.monotonic() - started)
         if not text:
             return Decoded("", rejected=rejected or "empty")
         return Decoded(text, confidence=math.exp(min(logprobs)))
