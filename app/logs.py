@@ -1,4 +1,4 @@
-"""JSON-lines logging with card numbers masked, and the warnings printed at startup.
+"""JSON-lines logging with card numbers masked.
 
 Every record, ours or a library's (uvicorn included), goes through one formatter on the root
 logger. Masking runs on the whole formatted line, exception text included, so a card number (or
@@ -141,42 +141,3 @@ def configure_logging(settings: Settings, stream: IO[str] | None = None) -> logg
         logging.NOTSET if settings.server.debug else logging.WARNING
     )
     return handler
-
-
-def startup_warnings(settings: Settings) -> list[str]:
-    """Settings that work but are dangerous or surprising, in words an operator acts on."""
-    warnings = []
-    if not settings.twilio.validate_signatures:
-        warnings.append(
-            "SECURITY: twilio.validate_signatures is false: Twilio signatures are NOT checked and "
-            "anyone can forge webhook and websocket requests. Never run like this in production."
-        )
-    elif not settings.twilio.auth_token:
-        warnings.append(
-            "twilio.auth_token (TWILIO_AUTH_TOKEN) is empty: every webhook and websocket request "
-            "will be refused with 403 until it is set."
-        )
-    if not settings.twilio.fallback_phone_number:
-        warnings.append(
-            "twilio.fallback_phone_number is empty: callers cannot be transferred to an agent; "
-            "they hear the no-answer prompt and the call ends."
-        )
-    if not settings.server.public_url:
-        warnings.append(
-            "server.public_url is empty: URLs are derived from each request, so signatures fail "
-            "behind a TLS-terminating proxy. Set it to the https URL Twilio calls."
-        )
-    if settings.server.softphone.enabled:
-        warnings.append(
-            "server.softphone.enabled is true: /softphone lets anyone holding "
-            "server.softphone.token talk to the bot through this gateway from a browser. "
-            "For development only; turn it off in production."
-        )
-    english = settings.language.code.lower().startswith("en")
-    if settings.stt.engine == "pocketsphinx" and not english:
-        warnings.append(
-            "stt.engine is pocketsphinx, which recognizes English only (language.code is "
-            f"{settings.language.code}): callers will not be understood. Use stt.engine=whisper "
-            "(the offline default) or google."
-        )
-    return warnings

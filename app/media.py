@@ -1,7 +1,7 @@
 """The media websocket (`/webhook/twilio/stream`): a thin loop from Twilio's frames to a session.
 
 Per frame this does only `receive`, `StreamState.parse` and `CallSession.on_media`, all inline:
-no thread hop, task, log line or metric label lookup per frame (DESIGN.md performance facts).
+no thread hop, task, log line or metric label lookup per frame (ARCHITECTURE.md).
 It speaks plain ASGI messages rather than going through starlette's `WebSocket`, whose state
 checks wrap every receive and send: 2% of the gateway's CPU under load (bench/README.md).
 Invalid frames are logged (the first few per call), counted, and skipped; the call goes on.
@@ -41,22 +41,9 @@ POLICY_VIOLATION = 1008
 
 def session_config(settings: Settings) -> SessionConfig:
     """The session's view of the settings; the greeting depends on the time of the call."""
-    call, prompts = settings.call, settings.prompts
-    return SessionConfig(
-        language=settings.language.code,
-        greeting=greeting_text(settings),
-        reprompt=prompts.reprompt,
-        apology=prompts.apology,
-        goodbye=prompts.goodbye,
-        no_input_seconds=call.no_input_seconds,
-        max_reprompts=call.max_reprompts,
-        barge_in_min_speech_ms=call.barge_in_min_speech_ms,
-        dtmf_timeout_seconds=call.dtmf_timeout_seconds,
-        dtmf_finish_key=call.dtmf_finish_key,
-        outbound_chunk_ms=call.outbound_chunk_ms,
-        vad_threshold=settings.vad.energy_threshold,
-        vad_hangover_ms=settings.stt.endpoint_silence_ms,
-    )
+    return SessionConfig(settings.language.code, settings.stt.endpoint_silence_ms,
+                         greeting_text(settings), call=settings.call, vad=settings.vad,
+                         prompts=settings.prompts)
 
 
 SendText = Callable[[str], Awaitable[None]]

@@ -17,8 +17,8 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from app import __version__, metrics, security, twiml
+from app.config import startup_warnings
 from app.gateway import Gateway
-from app.logs import startup_warnings
 from app.prompts import greeting_text
 from app.twiml import Urls
 from streaming.actions import parse_actions

@@ -18,10 +18,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from streaming.ports import BotMessage
+from streaming.protocol import DTMF_KEYS
 
 logger = logging.getLogger("streaming.actions")
 
-_PHONE = re.compile(r"^\+?[0-9]{3,15}$|^sip:[^\s<>\"]+$")
+# What a transfer can dial: an E.164 number or a SIP URI (Twilio's <Dial><Number> / <Sip>).
+_DIALABLE = re.compile(r"\+[1-9][0-9]{6,14}|sip:[^\s<>\"]+")
+
+
+def is_dialable(number: str) -> bool:
+    """The one rule for transfer targets, from a bot payload or `twilio.fallback_phone_number`."""
+    return _DIALABLE.fullmatch(number) is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +75,7 @@ def _parse_custom(payload: Mapping[str, Any]) -> Action | None:
         number = payload.get("number")
         if number is None:
             return Transfer()
-        if isinstance(number, str) and _PHONE.match(number.strip()):
+        if isinstance(number, str) and is_dialable(number.strip()):
             return Transfer(number.strip())
         logger.warning("transfer payload with an invalid number ignored; using the default",
                        extra={"event": "bot_payload_invalid"})
@@ -81,7 +88,7 @@ def _parse_custom(payload: Mapping[str, Any]) -> Action | None:
         timeout = payload.get("timeout_seconds")
         valid = (
             (max_digits is None or (isinstance(max_digits, int) and 1 <= max_digits <= 64))
-            and isinstance(finish, str) and len(finish) <= 1 and all(c in "0123456789*#" for c in finish)
+            and isinstance(finish, str) and (finish == "" or finish in DTMF_KEYS)
             and (timeout is None or (isinstance(timeout, (int, float)) and 0 < timeout <= 60))
         )
         if valid:

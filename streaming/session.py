@@ -52,6 +52,7 @@ from streaming.ports import (
     TurnLatency,
 )
 from streaming.protocol import clear_message, mark_message, media_message
+from streaming.settings import CallSettings, PromptSettings, VadSettings
 from streaming.tasks import cancel_and_wait
 
 logger = logging.getLogger("streaming.session")
@@ -72,25 +73,21 @@ class Phase(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class SessionConfig:
-    """What a session needs from the settings (app/media.py builds it from `Settings`)."""
+    """What a session needs: the call's language and greeting, the settings' own `call`, `vad`
+    and `prompts` sections (app/media.py hands them over), and timings that are the session's."""
 
-    language: str = "es-ES"
+    language: str
+    # Silence that ends the caller's speech for the VAD (the `stt.endpoint_silence_ms` setting,
+    # which the recognizers share: it is not the session's own).
+    endpoint_silence_ms: int
     greeting: str = ""
-    reprompt: str = "¿Sigue ahí? Dígame en qué puedo ayudarle."
-    apology: str = "Lo siento, estamos teniendo problemas técnicos."
-    # Spoken before hanging up when the bot's hang-up reply has no text of its own. (Transfers
-    # speak nothing here: the control's transfer TwiML says the transfer prompt itself.)
-    goodbye: str = "Gracias por llamar. Adiós."
-    no_input_seconds: float = 8.0
-    max_reprompts: int = 2
-    barge_in_min_speech_ms: int = 240
-    dtmf_timeout_seconds: float = 3.0
-    dtmf_finish_key: str = "#"
-    outbound_chunk_ms: int = 40
-    vad_threshold: int = 500
+    call: CallSettings = field(default_factory=CallSettings)
+    vad: VadSettings = field(default_factory=VadSettings)
+    prompts: PromptSettings = field(default_factory=PromptSettings)
+    # Loud audio needed before the VAD calls it speech.
     vad_start_ms: int = 60
-    vad_hangover_ms: int = 600
-    # Audio is handed to the recognizer in batches of this much (DESIGN.md: never per 20 ms frame).
+    # Audio is handed to the recognizer in batches of this much (ARCHITECTURE.md: never per
+    # 20 ms frame).
     stt_batch_ms: int = 100
     # Sentences sent beyond the last one the caller is known to have heard (>= 2 avoids gaps).
     sentences_ahead: int = 2
@@ -161,11 +158,11 @@ class CallSession:
         tts: TextToSpeech,
         bot: Bot,
         control: CallControl,
-        config: SessionConfig | None = None,
+        config: SessionConfig,
         events: CallEvents | None = None,
     ) -> None:
         self.call = call
-        self.config = config = config or SessionConfig()
+        self.config = config
         self.phase = Phase.LISTENING
         # Set when the session is done with the call and the socket should be closed.
         self.finished = asyncio.Event()
@@ -173,8 +170,9 @@ class CallSession:
         self._stt, self._tts, self._bot, self._control = stt, tts, bot, control
         self._events = events or NoCallEvents()
         self._log = {"call_sid": call.call_sid}
-        self._vad = EnergyVad(config.vad_threshold, config.vad_start_ms, config.vad_hangover_ms)
-        self._barge_ms = config.barge_in_min_speech_ms
+        self._vad = EnergyVad(config.vad.energy_threshold, config.vad_start_ms,
+                              config.endpoint_silence_ms)
+        self._barge_ms = config.call.barge_in_min_speech_ms
         self._batch_bytes = chunk_size(config.stt_batch_ms)
         self._pending = bytearray()
         self._outbox: asyncio.Queue[tuple[str, float | None]] = asyncio.Queue()
@@ -381,7 +379,7 @@ class CallSession:
                 and not self._ending and not self._vad.in_speech and not self._digits
                 and self._inputs.empty()):
             self._no_input_timer = self._loop.call_later(
-                self.config.no_input_seconds, self._on_no_input)
+                self.config.call.no_input_seconds, self._on_no_input)
 
     def _disarm_no_input(self) -> None:
         if self._no_input_timer is not None:
@@ -406,7 +404,8 @@ class CallSession:
         self._inputs.put_nowait(_Utterance(digits, "dtmf", monotonic()))
 
     def _default_collect(self) -> _Collect:
-        return _Collect(None, self.config.dtmf_finish_key, self.config.dtmf_timeout_seconds)
+        call = self.config.call
+        return _Collect(None, call.dtmf_finish_key, call.dtmf_timeout_seconds)
 
     def _cancel_timers(self) -> None:
         self._disarm_no_input()
@@ -512,8 +511,8 @@ class CallSession:
             metrics.BOT_ERRORS.inc()
             logger.warning("bot failed: %s", exc, extra={"event": "bot_error", **self._log})
             self._events.emit(BotFailed(str(exc)))
-            self._events.emit(Prompt("apology", self.config.apology))
-            await self._play([self.config.apology], interruptible=False)
+            self._events.emit(Prompt("apology", self.config.prompts.apology))
+            await self._play([self.config.prompts.apology], interruptible=False)
             await self._end("transfer")
             return
         answered = monotonic() - asked
@@ -527,10 +526,10 @@ class CallSession:
             if isinstance(action, CollectDigits):
                 self._collect = _Collect(
                     action.max_digits, action.finish_on_key,
-                    action.timeout_seconds or self.config.dtmf_timeout_seconds)
+                    action.timeout_seconds or self.config.call.dtmf_timeout_seconds)
         if isinstance(ending, HangUp) and not speech:
-            speech = [self.config.goodbye]
-            self._events.emit(Prompt("goodbye", self.config.goodbye))
+            speech = [self.config.prompts.goodbye]
+            self._events.emit(Prompt("goodbye", self.config.prompts.goodbye))
         await self._play(speech, interruptible=ending is None, heard_at=utterance.heard_at)
         if isinstance(ending, Transfer):
             await self._end("transfer", ending.number)
@@ -539,12 +538,12 @@ class CallSession:
 
     async def _no_input(self) -> None:
         metrics.NO_INPUT.inc()
-        if self._reprompts < self.config.max_reprompts:
+        if self._reprompts < self.config.call.max_reprompts:
             self._reprompts += 1
             logger.info("no input, reprompting", extra={
                 "event": "no_input", **self._log, "reprompt": self._reprompts})
-            self._events.emit(Prompt("reprompt", self.config.reprompt))
-            await self._play([self.config.reprompt], interruptible=True)
+            self._events.emit(Prompt("reprompt", self.config.prompts.reprompt))
+            await self._play([self.config.prompts.reprompt], interruptible=True)
             return
         logger.info("no input after reprompts, transferring",
                     extra={"event": "no_input", **self._log, "reprompt": None})
@@ -592,7 +591,7 @@ class CallSession:
         """Queue one sentence's audio in outbound-sized chunks; stops early on barge-in.
         Returns `heard_at` until the turn's first audio has been queued (latency metric)."""
         sid, put = self.call.stream_sid, self._outbox.put_nowait
-        rechunker = Rechunker(chunk_size(self.config.outbound_chunk_ms))
+        rechunker = Rechunker(chunk_size(self.config.call.outbound_chunk_ms))
         async with _closing(self._tts.synthesize(sentence, self.config.language)) as audio:
             async for data in audio:
                 if playback.interrupted:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -10,7 +11,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from app.config import DEFAULT_CONFIG_PATH, ConfigError, Settings, _to_plain, load_settings
+from app.config import (
+    DEFAULT_CONFIG_PATH,
+    ConfigError,
+    Settings,
+    load_settings,
+    startup_warnings,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -27,7 +34,7 @@ def test_config_yaml_equals_embedded_defaults() -> None:
 
 def test_config_yaml_lists_every_setting() -> None:
     written = yaml.safe_load(DEFAULT_CONFIG_PATH.read_text(encoding="utf-8"))
-    assert _key_tree(written) == _key_tree(_to_plain(Settings()))
+    assert _key_tree(written) == _key_tree(dataclasses.asdict(Settings()))
 
 
 def test_legacy_environment_names() -> None:
@@ -190,3 +197,27 @@ def test_serve_with_a_bad_setting_exits_naming_the_key(tmp_path: Path) -> None:
     result = _serve({}, "--config", str(file))
     assert result.returncode != 0
     assert "rasa.timeout_seconds" in result.stderr
+
+
+def test_startup_warnings() -> None:
+    safe = Settings().replace(
+        twilio={"auth_token": "t", "fallback_phone_number": "+34911234567"},
+        server={"public_url": "https://voice.bank.example"},
+        stt={"engine": "google"},
+    )
+    assert startup_warnings(safe) == []
+    unsafe = startup_warnings(Settings().replace(twilio={"validate_signatures": False}))
+    assert any("SECURITY" in w and "validate_signatures" in w for w in unsafe)
+    no_token = startup_warnings(Settings())
+    assert any("auth_token" in w and "refused" in w for w in no_token)
+    assert any("fallback_phone_number" in w for w in no_token)
+    assert any("public_url" in w for w in no_token)
+    assert not any("English" in w for w in no_token)  # the default recognizer speaks Spanish
+    english_only = startup_warnings(Settings().replace(stt={"engine": "pocketsphinx"}))
+    assert any("pocketsphinx" in w and "English only" in w for w in english_only)
+    assert not any("English" in w for w in startup_warnings(Settings().replace(
+        stt={"engine": "pocketsphinx"}, language={"code": "en-US"})))
+    assert not any("softphone" in w for w in no_token)
+    softphone = startup_warnings(Settings().replace(
+        server={"softphone": {"enabled": True, "token": "Xy7-_.~abcdefghij"}}))
+    assert any("softphone" in w and "development only" in w.lower() for w in softphone)

@@ -75,7 +75,7 @@ def test_grace_period_outlasts_prestop_and_drain(k8s: dict[str, dict[str, Any]])
 
 
 def test_configmap_sets_only_real_settings(k8s: dict[str, dict[str, Any]]) -> None:
-    known = set(config.LEGACY_ENV) | set(config._leaf_paths(config._to_plain(Settings())))
+    known = set(config.environment_variables())
     for source in (k8s["ConfigMap"]["data"], k8s["Secret"]["stringData"]):
         assert set(source) <= known, set(source) - known
     settings = configmap_settings(k8s)  # and they validate

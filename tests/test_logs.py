@@ -17,7 +17,7 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
 from app.config import Settings
-from app.logs import JsonFormatter, configure_logging, mask_card_numbers, startup_warnings
+from app.logs import JsonFormatter, configure_logging, mask_card_numbers
 from tests.support.servers import running
 
 PAN = "4111111111111111"
@@ -190,27 +190,3 @@ def test_levels_and_reconfiguration() -> None:
     finally:
         root.removeHandler(handler)
         root.setLevel(level)
-
-
-def test_startup_warnings() -> None:
-    safe = Settings().replace(
-        twilio={"auth_token": "t", "fallback_phone_number": "+34911234567"},
-        server={"public_url": "https://voice.bank.example"},
-        stt={"engine": "google"},
-    )
-    assert startup_warnings(safe) == []
-    unsafe = startup_warnings(Settings().replace(twilio={"validate_signatures": False}))
-    assert any("SECURITY" in w and "validate_signatures" in w for w in unsafe)
-    no_token = startup_warnings(Settings())
-    assert any("auth_token" in w and "refused" in w for w in no_token)
-    assert any("fallback_phone_number" in w for w in no_token)
-    assert any("public_url" in w for w in no_token)
-    assert not any("English" in w for w in no_token)  # the default recognizer speaks Spanish
-    english_only = startup_warnings(Settings().replace(stt={"engine": "pocketsphinx"}))
-    assert any("pocketsphinx" in w and "English only" in w for w in english_only)
-    assert not any("English" in w for w in startup_warnings(Settings().replace(
-        stt={"engine": "pocketsphinx"}, language={"code": "en-US"})))
-    assert not any("softphone" in w for w in no_token)
-    softphone = startup_warnings(Settings().replace(
-        server={"softphone": {"enabled": True, "token": "Xy7-_.~abcdefghij"}}))
-    assert any("softphone" in w and "development only" in w.lower() for w in softphone)

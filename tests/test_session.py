@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import dataclasses
 import logging
 
 import pytest
@@ -17,7 +16,7 @@ from prometheus_client import REGISTRY
 from audio.framing import chunk_size
 from streaming.ports import BotMessage
 from streaming.session import Phase, split_sentences
-from tests.support.call_harness import FAST, CallHarness, FakeBot, FakeTts
+from tests.support.call_harness import FAST, CallHarness, FakeBot, FakeTts, config
 from tests.support.twilio_stream import tone
 
 SPEECH = tone(2000)  # loud enough for the energy VAD: "caller speech"
@@ -25,10 +24,6 @@ SPEECH = tone(2000)  # loud enough for the energy VAD: "caller speech"
 
 def metric(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
-
-
-def config(**changes):
-    return dataclasses.replace(FAST, **changes)
 
 
 def test_split_sentences() -> None:
@@ -40,7 +35,7 @@ def test_split_sentences() -> None:
 
 async def test_greeting_is_spoken_in_outbound_chunks_with_a_mark_per_sentence() -> None:
     greeting = "Buenos días. ¿En qué puedo ayudarle?"
-    async with CallHarness(config(greeting=greeting, outbound_chunk_ms=40)) as h:
+    async with CallHarness(config(greeting=greeting, call={"outbound_chunk_ms": 40})) as h:
         marks = await h.wait_marks(2)
         assert marks == ["g0-s1", "g0-s2"]
         assert h.tts.texts == ["Buenos días.", "¿En qué puedo ayudarle?"]
@@ -88,7 +83,7 @@ async def test_audio_reaches_the_recognizer_in_100ms_batches() -> None:
         await h.wait(lambda: len(h.recognition.fed) == 2, what="two batches")
         assert [len(b) for b in h.recognition.fed] == [800, 800]
         h.audio(tone(200))  # speech; then its end (hangover) flushes the pending tail at once
-        h.silence(FAST.vad_hangover_ms)
+        h.silence(FAST.endpoint_silence_ms)
         await h.wait(lambda: sum(map(len, h.recognition.fed)) == 8 * (240 + 200 + 600),
                      what="all audio fed")
         assert all(len(b) >= 800 for b in h.recognition.fed[:-1])
@@ -100,7 +95,7 @@ async def test_barge_in_clears_after_the_minimum_speech_and_stops_synthesis(capl
     reply = "Primera frase. Segunda frase larga con muchas palabras. Tercera frase. Cuarta frase."
     bot = FakeBot(reply=lambda text: [BotMessage(text=reply)])
     tts = FakeTts(delay=0.01)
-    async with CallHarness(config(barge_in_min_speech_ms=240), bot=bot, tts=tts) as h:
+    async with CallHarness(config(call={"barge_in_min_speech_ms": 240}), bot=bot, tts=tts) as h:
         h.recognition.say("hola")
         await h.wait_marks(1)
         h.echo_marks()  # the caller heard the first sentence
@@ -131,7 +126,7 @@ async def test_barge_in_clears_after_the_minimum_speech_and_stops_synthesis(capl
 
 
 async def test_the_request_still_in_the_vad_hangover_does_not_interrupt_its_reply() -> None:
-    cfg = config(barge_in_min_speech_ms=240, vad_hangover_ms=1500)
+    cfg = config(call={"barge_in_min_speech_ms": 240}, endpoint_silence_ms=1500)
     async with CallHarness(cfg) as h:
         h.audio(tone(600))  # the request: 600 ms of speech, then the hangover begins
         h.silence(100)
@@ -146,7 +141,7 @@ async def test_the_request_still_in_the_vad_hangover_does_not_interrupt_its_repl
 
 async def test_short_speech_and_echo_do_not_interrupt() -> None:
     bot = FakeBot(reply=lambda text: [BotMessage(text="Una respuesta bastante larga. Otra más.")])
-    async with CallHarness(config(barge_in_min_speech_ms=240), bot=bot) as h:
+    async with CallHarness(config(call={"barge_in_min_speech_ms": 240}), bot=bot) as h:
         h.recognition.say("hola")
         await h.wait_marks(2)
         h.audio(tone(200))  # 200 ms burst (a cough, echo on a speakerphone)
@@ -211,7 +206,7 @@ async def test_dtmf_digits_until_the_finish_key() -> None:
 
 
 async def test_dtmf_inter_digit_timeout() -> None:
-    async with CallHarness(config(dtmf_timeout_seconds=0.1)) as h:
+    async with CallHarness(config(call={"dtmf_timeout_seconds": 0.1})) as h:
         h.deliver(h.twilio.dtmf("4"))
         h.deliver(h.twilio.dtmf("5"))
         await asyncio.sleep(0.05)
@@ -228,7 +223,8 @@ async def test_collect_digits_action_sets_the_next_turn() -> None:
                                        "finish_on_key": "*", "timeout_seconds": 5})]
         return [BotMessage(text="Gracias.")]
 
-    async with CallHarness(config(dtmf_timeout_seconds=0.1), bot=FakeBot(reply=reply)) as h:
+    cfg = config(call={"dtmf_timeout_seconds": 0.1})
+    async with CallHarness(cfg, bot=FakeBot(reply=reply)) as h:
         h.recognition.say("bloquear")
         await h.play_out(1)
         for digit in "9876":  # the fourth digit completes the input, no finish key needed
@@ -255,7 +251,8 @@ async def test_dtmf_during_the_greeting_interrupts_it() -> None:
 
 async def test_no_input_reprompts_then_transfers() -> None:
     no_input = metric("gateway_stream_no_input_total")
-    cfg = config(greeting="Hola.", no_input_seconds=0.1, max_reprompts=2, reprompt="¿Sigue ahí?")
+    cfg = config(greeting="Hola.", call={"no_input_seconds": 0.1, "max_reprompts": 2},
+                 prompts={"reprompt": "¿Sigue ahí?"})
     async with CallHarness(cfg) as h:
         await h.wait_marks(1)
         await asyncio.sleep(0.25)
@@ -270,8 +267,8 @@ async def test_no_input_reprompts_then_transfers() -> None:
 
 
 async def test_speech_holds_off_the_no_input_timer_and_resets_reprompts() -> None:
-    cfg = config(no_input_seconds=0.15, max_reprompts=1, vad_hangover_ms=200,
-                 reprompt="¿Sigue ahí?")
+    cfg = config(call={"no_input_seconds": 0.15, "max_reprompts": 1}, endpoint_silence_ms=200,
+                 prompts={"reprompt": "¿Sigue ahí?"})
     async with CallHarness(cfg) as h:
         # the caller talks for longer than the no-input timeout: no reprompt meanwhile
         for _ in range(20):
@@ -289,15 +286,17 @@ async def test_speech_holds_off_the_no_input_timer_and_resets_reprompts() -> Non
 
 
 async def test_digits_being_typed_hold_off_the_no_input_timer() -> None:
-    async with CallHarness(config(no_input_seconds=0.05, dtmf_timeout_seconds=0.3)) as h:
+    cfg = config(call={"no_input_seconds": 0.05, "dtmf_timeout_seconds": 0.3})
+    async with CallHarness(cfg) as h:
         h.deliver(h.twilio.dtmf("7"))
         await h.wait(lambda: h.bot.requests, what="digits")
-        assert h.tts.texts[0] != FAST.reprompt
+        assert h.tts.texts[0] != FAST.prompts.reprompt
 
 
 @pytest.mark.parametrize("chunk_ms", [20, 60])
 async def test_outbound_chunk_size_follows_the_config(chunk_ms: int) -> None:
-    async with CallHarness(config(greeting="Hola a todos.", outbound_chunk_ms=chunk_ms)) as h:
+    cfg = config(greeting="Hola a todos.", call={"outbound_chunk_ms": chunk_ms})
+    async with CallHarness(cfg) as h:
         await h.wait_marks(1)
         sizes = {len(base64.b64decode(m["media"]["payload"])) for m in h.events("media")}
         assert sizes == {chunk_size(chunk_ms)}

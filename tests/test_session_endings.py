@@ -3,23 +3,25 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 
 from prometheus_client import REGISTRY
 
 from streaming.ports import BotError, BotMessage
 from streaming.session import Phase
-from tests.support.call_harness import FAST, CallHarness, FakeBot, FakeControl, FakeTts, ScriptedStt
+from tests.support.call_harness import (
+    CallHarness,
+    FakeBot,
+    FakeControl,
+    FakeTts,
+    ScriptedStt,
+    config,
+)
 from tests.support.twilio_stream import tone
 
 
 def metric(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
-
-
-def config(**changes):
-    return dataclasses.replace(FAST, **changes)
 
 
 def only_this_task() -> bool:
@@ -68,7 +70,7 @@ async def test_hang_up_never_cuts_off_the_goodbye() -> None:
 
 
 async def test_hang_up_without_text_says_goodbye_and_transfer_says_nothing_itself() -> None:
-    cfg = config(goodbye="Adiós y gracias.")
+    cfg = config(prompts={"goodbye": "Adiós y gracias."})
     async with CallHarness(cfg, bot=replying(BotMessage(custom={"action": "hangup"}))) as h:
         h.recognition.say("ya está")
         await h.play_out(1)
@@ -95,7 +97,7 @@ async def test_hang_up_even_when_marks_never_come_back() -> None:
 async def test_bot_error_apologizes_then_transfers() -> None:
     errors = metric("gateway_stream_bot_errors_total")
     bot = FakeBot(failure=BotError("Rasa timed out"))
-    async with CallHarness(config(apology="Disculpe las molestias."), bot=bot) as h:
+    async with CallHarness(config(prompts={"apology": "Disculpe las molestias."}), bot=bot) as h:
         h.recognition.say("hola")
         await h.wait_marks(1)
         assert h.tts.texts == ["Disculpe las molestias."]
@@ -195,7 +197,7 @@ async def test_aclose_cancels_everything_mid_reply_and_is_idempotent() -> None:
 
 
 async def test_stop_ignores_what_follows() -> None:
-    async with CallHarness(config(no_input_seconds=0.05)) as h:
+    async with CallHarness(config(call={"no_input_seconds": 0.05})) as h:
         h.silence(100)
         await h.wait(lambda: h.recognition.fed, what="audio fed")
         h.deliver(h.twilio.stop())

@@ -6,7 +6,6 @@ Driven like tests/test_session.py: real session, protocol and VAD; in-test engin
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 
 from streaming.ports import (
     BargeIn,
@@ -17,12 +16,8 @@ from streaming.ports import (
     Prompt,
     TurnLatency,
 )
-from tests.support.call_harness import FAST, BotError, CallHarness, FakeBot, FakeTts
+from tests.support.call_harness import BotError, CallHarness, FakeBot, FakeTts, config
 from tests.support.twilio_stream import tone
-
-
-def config(**changes):
-    return dataclasses.replace(FAST, **changes)
 
 
 async def test_a_turn_tells_the_input_the_reply_and_its_latency() -> None:
@@ -65,7 +60,8 @@ async def test_barge_in_tells_what_was_heard_and_what_was_cut() -> None:
 
 
 async def test_reprompts_are_told() -> None:
-    async with CallHarness(config(no_input_seconds=0.1, reprompt="¿Sigue ahí?")) as h:
+    cfg = config(call={"no_input_seconds": 0.1}, prompts={"reprompt": "¿Sigue ahí?"})
+    async with CallHarness(cfg) as h:
         await h.play_out(1)
         await h.play_out(2)
         await h.wait(lambda: h.control.calls, what="transfer")
@@ -74,7 +70,7 @@ async def test_reprompts_are_told() -> None:
 
 async def test_bot_failure_and_the_apology_are_told() -> None:
     bot = FakeBot(failure=BotError("Rasa timed out"))
-    async with CallHarness(config(apology="Disculpe."), bot=bot) as h:
+    async with CallHarness(config(prompts={"apology": "Disculpe."}), bot=bot) as h:
         h.recognition.say("hola")
         await h.wait_marks(1)
         assert h.recorded.events == [CallerInput("hola", "speech"), BotFailed("Rasa timed out"),
@@ -83,7 +79,7 @@ async def test_bot_failure_and_the_apology_are_told() -> None:
 
 async def test_a_hang_up_without_text_tells_the_goodbye() -> None:
     bot = FakeBot(reply=lambda text: [BotMessage(custom={"action": "hangup"})])
-    async with CallHarness(config(goodbye="Adiós."), bot=bot) as h:
+    async with CallHarness(config(prompts={"goodbye": "Adiós."}), bot=bot) as h:
         h.recognition.say("nada más")
         await h.wait(lambda: "turn_latency" in h.recorded.kinds(), what="the turn's latency")
         assert h.recorded.kinds() == ["caller_input", "bot_reply", "prompt", "turn_latency"]

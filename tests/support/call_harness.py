@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import json
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -27,6 +28,7 @@ from streaming.ports import (
 )
 from streaming.protocol import Dtmf, Mark, Media, Stop, StreamState
 from streaming.session import CallSession, SessionConfig
+from streaming.settings import CallSettings
 from tests.support.twilio_stream import SILENT_FRAME, TwilioStream, frames
 
 
@@ -170,9 +172,19 @@ class RecordedEvents:
 
 
 FAST = SessionConfig(
-    greeting="", no_input_seconds=30, dtmf_timeout_seconds=0.2, mark_timeout_seconds=2.0,
-    end_grace_seconds=0.2,
+    "es-ES", endpoint_silence_ms=600, greeting="",
+    call=CallSettings(no_input_seconds=30, dtmf_timeout_seconds=0.2),
+    mark_timeout_seconds=2.0, end_grace_seconds=0.2,
 )
+
+
+def config(*, call: Mapping[str, Any] | None = None, vad: Mapping[str, Any] | None = None,
+           prompts: Mapping[str, Any] | None = None, **own: Any) -> SessionConfig:
+    """FAST with fields changed: the session's own, or those of its call/vad/prompts sections."""
+    sections = {name: dataclasses.replace(getattr(FAST, name), **changes)
+                for name, changes in (("call", call), ("vad", vad), ("prompts", prompts))
+                if changes}
+    return dataclasses.replace(FAST, **sections, **own)
 
 
 class CallHarness:
@@ -272,4 +284,4 @@ class CallHarness:
 
 
 __all__ = ["BotError", "BotMessage", "CallHarness", "FakeBot", "FakeControl", "FakeTts",
-           "RecordedEvents", "ScriptedStt", "FAST"]
+           "RecordedEvents", "ScriptedStt", "FAST", "config"]

@@ -1,0 +1,128 @@
+"""The settings sections the real-time core reads (`call`, `vad`, `prompts`), and the limits
+every settings field declares next to itself.
+
+They live here rather than in app/config.py because `streaming/` never imports `app/`: the
+session takes these very sections, and app/config.py composes them with its own into `Settings`
+and loads them. A field's default is its one default (config.yaml repeats it, a test keeps the
+two equal); its limits are `Annotated` metadata the loader checks, and each names what is wrong
+in words an operator acts on: `server.port: must be between 1 and 65535, got 0`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, Any, Protocol
+
+from streaming.protocol import DTMF_KEYS
+
+
+class Limit(Protocol):
+    def problem(self, value: Any) -> str | None:
+        """What is wrong with `value` ("must be ..., got ..."), or None when it is within."""
+
+
+@dataclass(frozen=True, slots=True)
+class Between:
+    low: float
+    high: float
+
+    def problem(self, value: float) -> str | None:
+        if self.low <= value <= self.high:
+            return None
+        return f"must be between {self.low} and {self.high}, got {value}"
+
+
+@dataclass(frozen=True, slots=True)
+class AtLeast:
+    low: float
+
+    def problem(self, value: float) -> str | None:
+        if value >= self.low:
+            return None
+        if self.low == 0:
+            return f"must not be negative, got {value}"
+        return f"must be at least {self.low}, got {value}"
+
+
+@dataclass(frozen=True, slots=True)
+class Above:
+    low: float
+
+    def problem(self, value: float) -> str | None:
+        return None if value > self.low else f"must be greater than {self.low}, got {value}"
+
+
+@dataclass(frozen=True, slots=True)
+class Below:
+    high: float
+    reason: str = ""  # what the bound is, when a bare number would not say
+
+    def problem(self, value: float) -> str | None:
+        if value < self.high:
+            return None
+        return f"must be under {self.reason or self.high}, got {value}"
+
+
+@dataclass(frozen=True, slots=True)
+class MultipleOf:
+    step: int
+
+    def problem(self, value: int) -> str | None:
+        return None if value % self.step == 0 else f"must be a multiple of {self.step}, got {value}"
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """Any other condition on one field: `Rule(is_dtmf_key, "one DTMF key (0-9, * or #)")`."""
+
+    holds: Callable[[Any], bool]
+    expected: str
+
+    def problem(self, value: Any) -> str | None:
+        return None if self.holds(value) else f"must be {self.expected}, got {value!r}"
+
+
+PositiveInt = Annotated[int, Above(0)]
+PositiveFloat = Annotated[float, Above(0)]
+NonNegativeInt = Annotated[int, AtLeast(0)]
+
+
+def is_dtmf_key(key: str) -> bool:
+    return key in DTMF_KEYS
+
+
+@dataclass(frozen=True, slots=True)
+class CallSettings:
+    """How a streamed call behaves: no-input, barge-in, DTMF and outbound audio."""
+
+    # Seconds of caller silence (bot not speaking) before a reprompt.
+    no_input_seconds: PositiveFloat = 8.0
+    max_reprompts: NonNegativeInt = 2
+    # Caller speech must last this long during playback to interrupt the bot.
+    barge_in_min_speech_ms: NonNegativeInt = 240
+    dtmf_timeout_seconds: PositiveFloat = 3.0
+    dtmf_finish_key: Annotated[str, Rule(is_dtmf_key, "one DTMF key (0-9, * or #)")] = "#"
+    # Outbound audio per media message: whole 20 ms frames.
+    outbound_chunk_ms: Annotated[int, Above(0), MultipleOf(20)] = 40
+
+
+@dataclass(frozen=True, slots=True)
+class VadSettings:
+    # Frame energy (RMS of 16-bit linear PCM) above which a 20 ms frame counts as speech.
+    energy_threshold: NonNegativeInt = 500
+
+
+@dataclass(frozen=True, slots=True)
+class PromptSettings:
+    """What the gateway says on its own (the greeting is in `greeting`)."""
+
+    reprompt: str = "¿Sigue ahí? Dígame en qué puedo ayudarle."
+    apology: str = "Lo siento, estamos teniendo problemas técnicos."
+    transfer: str = "Le paso con un ejecutivo. Un momento, por favor."
+    no_answer: str = (
+        "En este momento no hay ejecutivos disponibles. Por favor, llame más tarde. Adiós."
+    )
+    # Said before hanging up when the bot's hang-up reply has no text of its own.
+    goodbye: str = "Gracias por llamar. Adiós."
+    resume: str = "Disculpe la interrupción. ¿En qué puedo ayudarle?"
