@@ -10,7 +10,7 @@ from app import metrics
 from app.config import Settings
 from app.prompts import spoken_prompts
 from streaming.ports import SpeechToText, TextToSpeech
-from streaming.session import split_sentences
+from streaming.playback import split_sentences
 from streaming.tasks import cancel_and_wait
 
 if TYPE_CHECKING:

@@ -28,7 +28,8 @@ from app.prompts import greeting_text
 from streaming import metrics
 from streaming.ports import CallControl, CallEvents, CallInfo
 from streaming.protocol import Dtmf, Mark, Media, ProtocolError, Start, Stop, StreamState
-from streaming.session import CallSession, SessionConfig
+from streaming.session import CallSession
+from streaming.settings import SessionConfig
 from streaming.tasks import cancel_and_wait
 
 logger = logging.getLogger("app.media")

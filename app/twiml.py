@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 from twilio.twiml.voice_response import Gather, VoiceResponse
 
 from app.config import Settings
-from streaming.actions import Action, CollectDigits, HangUp, Speak, Transfer
+from streaming.actions import CollectDigits, HangUp, Transfer, TurnPlan
 
 VOICE_PATH = "/webhook/twilio/voice"
 SPEECH_PATH = "/webhook/twilio/speech"
@@ -75,20 +75,16 @@ def gather(
     return str(response)
 
 
-def reply(settings: Settings, urls: Urls, actions: Sequence[Action]) -> str:
-    """A bot turn: every Speak is said; the first control action decides what follows them."""
-    says = [action.text for action in actions if isinstance(action, Speak)]
-    control = next((action for action in actions if not isinstance(action, Speak)), None)
-    if isinstance(control, Transfer):
-        return transfer(settings, urls, says, control.number, announce=not says)
-    if isinstance(control, HangUp):
+def reply(settings: Settings, urls: Urls, plan: TurnPlan) -> str:
+    """A bot turn (streaming.actions.plan_turn): the says, then the ending or the next Gather."""
+    if isinstance(plan.ending, Transfer):
+        return transfer(settings, urls, plan.says, plan.ending.number, announce=not plan.says)
+    if isinstance(plan.ending, HangUp):
         response = VoiceResponse()
-        _say_all(response, settings, says)
+        _say_all(response, settings, plan.says)
         response.hangup()
         return str(response)
-    if isinstance(control, CollectDigits):
-        return gather(settings, urls, says, digits=control)
-    return gather(settings, urls, says)
+    return gather(settings, urls, plan.says, digits=plan.collect)
 
 
 def transfer(settings: Settings, urls: Urls, says: Sequence[str] = (), number: str | None = None,

@@ -21,7 +21,7 @@ from app.config import startup_warnings
 from app.gateway import Gateway
 from app.prompts import greeting_text
 from app.twiml import Urls
-from streaming.actions import parse_actions
+from streaming.actions import plan_turn, turn_metadata
 from streaming.ports import BotError
 
 logger = logging.getLogger("app.webhooks")
@@ -32,6 +32,7 @@ Handler = Callable[[Request, Gateway, Form], Awaitable[str]]
 FINAL_STATUSES = frozenset({"completed", "busy", "failed", "no-answer", "canceled"})
 KNOWN_STATUSES = FINAL_STATUSES | {"queued", "initiated", "ringing", "in-progress"}
 XML = "application/xml"
+CHANNEL = "twilio_voice_gather"  # the `channel` of this path's turns in Rasa's metadata
 
 
 async def on_startup(gateway: Gateway) -> None:
@@ -152,13 +153,7 @@ async def speech(request: Request, gateway: Gateway, form: Form) -> str:
         text if kind == "speech" else f"{len(text)} digits",  # keyed digits are card numbers
         extra={"event": "gather_input", "input": kind, "confidence": form.get("Confidence"), **log},
     )
-    metadata = {
-        "from": form.get("From", ""),
-        "to": form.get("To", ""),
-        "call_sid": call_sid,
-        "channel": "twilio_voice_gather",
-        "input": kind,
-    }
+    metadata = turn_metadata(call_sid, form.get("From", ""), form.get("To", ""), CHANNEL, kind)
     try:
         messages = await gateway.rasa.send(call_sid, text, metadata)
     except BotError:
@@ -168,7 +163,7 @@ async def speech(request: Request, gateway: Gateway, form: Form) -> str:
             extra={"event": "gather_fallback", "reason": "rasa_error", **log},
         )
         return twiml.transfer(settings, urls, [settings.prompts.apology])
-    return twiml.reply(settings, urls, parse_actions(messages))
+    return twiml.reply(settings, urls, plan_turn(messages, settings.prompts.goodbye))
 
 
 @twilio_webhook("fallback")

@@ -1,7 +1,8 @@
-"""What a bot reply asks the gateway to do: the Rasa custom payloads, parsed once for both paths.
+"""A bot turn, the same on both call paths: what the request carries, what the reply means.
 
-The stream path (CallSession) and the Gather path (TwiML) read the same `Action`s, so the bot team
-writes one set of payloads (documented in README.md):
+The stream path (CallSession) and the Gather path (app/webhooks.py, app/twiml.py) send the same
+`turn_metadata` and read the reply through the same `plan_turn`, so the bot team writes one set
+of payloads (documented in README.md):
 
     {"custom": {"action": "transfer", "number": "+34911234567"}}   # number optional
     {"custom": {"action": "hangup"}}
@@ -54,6 +55,40 @@ class CollectDigits:
 
 
 Action = Speak | Transfer | HangUp | CollectDigits
+Ending = Transfer | HangUp
+
+
+@dataclass(frozen=True, slots=True)
+class TurnPlan:
+    """What a reply means for the call: say `says` (in order), then end the call as `ending`
+    says, or else collect the next input by `collect` (None: speech, or keys by the defaults)."""
+
+    says: tuple[str, ...]
+    collect: CollectDigits | None = None
+    ending: Ending | None = None
+    goodbye: bool = False  # `says` is the goodbye prompt: the hang-up had nothing to say
+
+
+def plan_turn(messages: Iterable[BotMessage], goodbye: str) -> TurnPlan:
+    """Every text is said; the first transfer or hang-up ends the call once it has been said
+    (a hang-up with nothing to say says `goodbye`); without one, the first `collect_dtmf`
+    sets the next input."""
+    actions = parse_actions(messages)
+    says = tuple(action.text for action in actions if isinstance(action, Speak))
+    ending = next((a for a in actions if isinstance(a, (Transfer, HangUp))), None)
+    if isinstance(ending, HangUp) and not says:
+        return TurnPlan((goodbye,), None, ending, goodbye=True)
+    if ending is not None:
+        return TurnPlan(says, None, ending)
+    collect = next((a for a in actions if isinstance(a, CollectDigits)), None)
+    return TurnPlan(says, collect)
+
+
+def turn_metadata(call_sid: str, from_number: str, to_number: str, channel: str,
+                  source: str) -> dict[str, str]:
+    """The `metadata` of a turn sent to Rasa (README.md, the Rasa contract)."""
+    return {"from": from_number, "to": to_number, "call_sid": call_sid, "channel": channel,
+            "input": source}
 
 
 def parse_actions(messages: Iterable[BotMessage]) -> list[Action]:

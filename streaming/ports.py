@@ -134,12 +134,15 @@ class BotFailed:
     error: str
 
 
+PromptName = Literal["greeting", "reprompt", "apology", "goodbye"]
+
+
 @dataclass(frozen=True, slots=True)
 class Prompt:
     """The gateway speaks one of its own prompts (not the bot's words)."""
 
     kind: ClassVar[str] = "prompt"
-    name: Literal["greeting", "reprompt", "apology", "goodbye"]
+    name: PromptName
     text: str
 
 

@@ -1,5 +1,6 @@
-"""The settings sections the real-time core reads (`call`, `vad`, `prompts`), and the limits
-every settings field declares next to itself.
+"""What the real-time core is configured with: the settings sections it reads (`call`, `vad`,
+`prompts`), a call session's whole configuration, and the limits every settings field declares
+next to itself.
 
 They live here rather than in app/config.py because `streaming/` never imports `app/`: the
 session takes these very sections, and app/config.py composes them with its own into `Settings`
@@ -11,7 +12,7 @@ in words an operator acts on: `server.port: must be between 1 and 65535, got 0`.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any, Protocol
 
 from streaming.protocol import DTMF_KEYS
@@ -126,3 +127,31 @@ class PromptSettings:
     # Said before hanging up when the bot's hang-up reply has no text of its own.
     goodbye: str = "Gracias por llamar. Adiós."
     resume: str = "Disculpe la interrupción. ¿En qué puedo ayudarle?"
+
+
+@dataclass(frozen=True, slots=True)
+class SessionConfig:
+    """What a session needs: the call's language and greeting, the settings' own `call`, `vad`
+    and `prompts` sections (app/media.py hands them over), and timings that are the session's."""
+
+    language: str
+    # Silence that ends the caller's speech for the VAD (the `stt.endpoint_silence_ms` setting,
+    # which the recognizers share: it is not the session's own).
+    endpoint_silence_ms: int
+    greeting: str = ""
+    call: CallSettings = field(default_factory=CallSettings)
+    vad: VadSettings = field(default_factory=VadSettings)
+    prompts: PromptSettings = field(default_factory=PromptSettings)
+    # Loud audio needed before the VAD calls it speech.
+    vad_start_ms: int = 60
+    # Audio is handed to the recognizer in batches of this much (ARCHITECTURE.md: never per
+    # 20 ms frame).
+    stt_batch_ms: int = 100
+    # Sentences sent beyond the last one the caller is known to have heard (>= 2 avoids gaps).
+    sentences_ahead: int = 2
+    # How much longer than the audio itself to wait for a sentence's mark.
+    mark_timeout_seconds: float = 5.0
+    # After a successful transfer/hang-up Twilio stops the stream; if it doesn't, we close it.
+    end_grace_seconds: float = 10.0
+    # Longest wait for the session's tasks to finish once cancelled (they normally take none).
+    close_timeout_seconds: float = 5.0

@@ -11,7 +11,8 @@ from app import twiml
 from app.config import Settings
 from app.prompts import greeting_text
 from app.twiml import Urls
-from streaming.actions import CollectDigits, HangUp, Speak, Transfer
+from streaming.actions import CollectDigits, TurnPlan, plan_turn
+from streaming.ports import BotMessage
 
 URLS = Urls("https://voice.bank.example")
 
@@ -68,18 +69,19 @@ def test_language_and_voice_follow_settings() -> None:
 
 
 def test_reply_without_anything_to_say_just_listens() -> None:
-    root = parse(twiml.reply(Settings(), URLS, []))
+    root = parse(twiml.reply(Settings(), URLS, TurnPlan(())))
     assert [e.tag for e in root] == ["Gather", "Redirect"] and list(root[0]) == []
 
 
 def test_first_control_action_wins_and_all_says_come_first() -> None:
-    actions = [Speak("Uno"), HangUp(), Speak("Dos"), Transfer("+34911234567")]
-    root = parse(twiml.reply(Settings(), URLS, actions))
+    replies = [BotMessage("Uno"), BotMessage(custom={"action": "hangup"}), BotMessage("Dos"),
+               BotMessage(custom={"action": "transfer", "number": "+34911234567"})]
+    root = parse(twiml.reply(Settings(), URLS, plan_turn(replies, goodbye="Adiós.")))
     assert [e.tag for e in root] == ["Say", "Say", "Hangup"]
 
 
 def test_digits_without_limits() -> None:
-    root = parse(twiml.reply(Settings(), URLS, [CollectDigits(finish_on_key="")]))
+    root = parse(twiml.reply(Settings(), URLS, TurnPlan((), CollectDigits(finish_on_key=""))))
     assert root[0].attrib == {
         "input": "dtmf",
         "action": "https://voice.bank.example/webhook/twilio/speech?noinput=0",

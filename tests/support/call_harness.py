@@ -27,8 +27,8 @@ from streaming.ports import (
     Transcript,
 )
 from streaming.protocol import Dtmf, Mark, Media, Stop, StreamState
-from streaming.session import CallSession, SessionConfig
-from streaming.settings import CallSettings
+from streaming.session import CallSession
+from streaming.settings import CallSettings, SessionConfig
 from tests.support.twilio_stream import SILENT_FRAME, TwilioStream, frames
 
 

@@ -1,0 +1,75 @@
+"""The caller's inputs, one at a time for the session's worker: what they said, what they keyed
+in, and their silence.
+
+Silence is an input too: the no-input timer queues `Silence` when the caller has had the floor
+for `call.no_input_seconds` and did nothing with it. That condition is `silent()`, written once:
+the session says whether the caller has the floor; typing keys or an input still waiting for
+the worker means they are not silent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from time import monotonic
+from typing import Literal
+
+from streaming.digits import DigitCollector
+from streaming.settings import CallSettings
+from streaming.tasks import OneShotTimer
+
+
+@dataclass(frozen=True, slots=True)
+class Utterance:
+    text: str
+    source: Literal["speech", "dtmf"]
+    heard_at: float  # monotonic time the input was complete: turn latency starts here
+
+
+class Silence:
+    """Queued by the no-input timer."""
+
+
+class CallerInputs:
+    def __init__(self, call: CallSettings, has_floor: Callable[[], bool]) -> None:
+        self.digits = DigitCollector(call.dtmf_finish_key, call.dtmf_timeout_seconds,
+                                     self._on_digits)
+        self._no_input_seconds = call.no_input_seconds
+        self._has_floor = has_floor
+        self._queue: asyncio.Queue[Utterance | Silence] = asyncio.Queue()
+        self._no_input = OneShotTimer(self._on_timer)
+
+    def silent(self) -> bool:
+        """The caller has the floor and does nothing with it: the no-input condition."""
+        return self._has_floor() and not self.digits.pending and self._queue.empty()
+
+    def speech(self, text: str) -> None:
+        self.disarm()
+        self._queue.put_nowait(Utterance(text, "speech", monotonic()))
+
+    async def next(self) -> Utterance | Silence:
+        return await self._queue.get()
+
+    def arm(self) -> None:
+        """Start the no-input timer, if the caller is silent and it is not running yet."""
+        if not self._no_input.pending and self.silent():
+            self._no_input.start(self._no_input_seconds)
+
+    def disarm(self) -> None:
+        self._no_input.cancel()
+
+    def close(self) -> None:
+        """No timer fires from now on (so no input comes but from `speech` or a key)."""
+        self.disarm()
+        self.digits.cancel()
+
+    def _on_timer(self) -> None:
+        if self.silent():
+            self._queue.put_nowait(Silence())
+
+    def _on_digits(self, digits: str) -> None:
+        if digits:
+            self._queue.put_nowait(Utterance(digits, "dtmf", monotonic()))
+        else:  # the finish key alone: still the caller's turn
+            self.arm()
