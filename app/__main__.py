@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 
 from app.config import ConfigError, Settings, load_settings
@@ -25,13 +26,13 @@ def main(argv: list[str] | None = None) -> int:
 
     from app import simulate
 
-    simulate.add_arguments(commands.add_parser(
+    add_simulate_arguments(commands.add_parser(
         "simulate", help=simulate.__doc__.splitlines()[0], description=simulate.__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter))
 
     args = parser.parse_args(argv)
     if args.command == "simulate":
-        return simulate.run(args)
+        return run_simulation(args)
 
     try:
         settings = load_settings(args.config)
@@ -64,6 +65,80 @@ def prepare_model(settings: Settings, always: bool = False) -> str:
     if settings.stt.engine != "whisper" and not always:
         return ""
     return str(locate(whisper.model_dir, whisper.cache_dir))
+
+
+def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--wav", help="caller audio (any PCM WAV; converted to 8 kHz mu-law)")
+    parser.add_argument("--dtmf", default="", help="keys to press, e.g. 1234#")
+    parser.add_argument("--dtmf-at", type=float, help="press the keys at this stream second "
+                        "instead of after the audio")
+    parser.add_argument("--out", help="write what the caller heard to this WAV (8 kHz, 16-bit)")
+    parser.add_argument("--url", default="http://127.0.0.1:5001",
+                        help="where the gateway listens (default %(default)s)")
+    parser.add_argument("--public-url", help="the gateway's server.public_url, to sign the "
+                        "webhook as Twilio would (default: config.yaml/environment, else --url)")
+    parser.add_argument("--auth-token", default="", help="Twilio auth token the gateway validates "
+                        "with (default: twilio.auth_token from config.yaml/environment)")
+    parser.add_argument("--from", dest="from_number", default="+34600000001")
+    parser.add_argument("--to", dest="to_number", default="+34910000000")
+    parser.add_argument("--fast", action="store_true",
+                        help="send audio as fast as possible; wait in real time only for the "
+                        "gateway")
+    parser.add_argument("--tail", type=float, default=15.0,
+                        help="most seconds to wait for the bot to answer and finish "
+                        "(default %(default)s)")
+    parser.add_argument("--no-wait-greeting", action="store_true",
+                        help="speak at once instead of after the greeting has played")
+
+
+def run_simulation(args: argparse.Namespace) -> int:
+    """`python -m app simulate`: one call from a WAV file and/or keys; the timeline printed."""
+    import httpx
+    import websockets
+
+    from app.simulate import SimulationError, Turn, load_wav, simulate_call
+
+    if not args.wav and not args.dtmf:
+        print("simulate: give --wav and/or --dtmf", file=sys.stderr)
+        return 2
+    try:
+        audio = load_wav(args.wav) if args.wav else b""
+    except (OSError, SimulationError) as exc:
+        print(f"simulate: cannot read {args.wav}: {exc}", file=sys.stderr)
+        return 2
+    auth_token, public_url = args.auth_token, args.public_url
+    if not auth_token or public_url is None:
+        try:  # sign like the gateway configured here expects (config.yaml + environment)
+            settings = load_settings()
+        except ConfigError as exc:
+            print(f"simulate: configuration error: {exc}", file=sys.stderr)
+            return 2
+        auth_token = auth_token or settings.twilio.auth_token
+        if public_url is None:
+            public_url = settings.server.public_url or None
+    dtmf_at = [(args.dtmf_at, args.dtmf)] if args.dtmf_at is not None and args.dtmf else []
+    turn = Turn(audio=audio, digits="" if dtmf_at else args.dtmf, wait_limit=10.0,
+                when="now" if args.no_wait_greeting else "bot_idle")
+    try:
+        result = asyncio.run(simulate_call(
+            args.url, [turn], auth_token=auth_token, public_url=public_url,
+            from_number=args.from_number, to_number=args.to_number,
+            realtime=not args.fast, tail=args.tail, dtmf_at=dtmf_at))
+    except (SimulationError, OSError, httpx.HTTPError, websockets.InvalidHandshake) as exc:
+        print(f"simulate: {exc}", file=sys.stderr)
+        return 1
+    if args.fast:
+        print("(fast mode: times are stream time, not what a caller would wait)")
+    print(result.timeline())
+    if args.out:
+        result.write_wav(args.out)
+        audible = result.audible_seconds()
+        print(f"heard {result.duration:.2f}s ({audible:.2f}s of it audible) -> {args.out}")
+    if result.close_code not in (None, 1000):
+        print(f"simulate: the gateway closed the stream with code {result.close_code}",
+              file=sys.stderr)
+        return 1
+    return 1 if result.protocol_errors else 0
 
 
 if __name__ == "__main__":

@@ -11,33 +11,30 @@ buffered and only waits in real time for the gateway.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import base64
-import json
-import sys
 import time
-import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import websockets
 from twilio.request_validator import RequestValidator
-from websockets.asyncio.client import connect
+from websockets.asyncio.client import ClientConnection, connect
 
-from app.config import ConfigError, load_settings
+from app.twiml import VOICE_PATH
 from audio import mulaw, wav
+from audio.framing import FRAME_MS, SAMPLE_RATE, chunk_size
+from streaming.protocol import ProtocolError
+from streaming.tasks import cancel_and_wait
+from streaming.twilio_side import TwilioSide, new_sid
 
-RATE = 8000
-FRAME_BYTES = 160
-FRAME_SECONDS = FRAME_BYTES / RATE
+FRAME_BYTES = chunk_size(FRAME_MS)
+FRAME_SECONDS = FRAME_MS / 1000
 DIGIT_GAP_SECONDS = 0.2
-VOICE_PATH = "/webhook/twilio/voice"
 
 
 class SimulationError(Exception):
@@ -111,7 +108,7 @@ class SimulationResult:
 
     def write_wav(self, path: str | Path) -> None:
         """16-bit PCM at 8 kHz, which every player opens."""
-        wav.write(path, self.heard_pcm16(), RATE)
+        wav.write(path, self.heard_pcm16(), SAMPLE_RATE)
 
     def timeline(self) -> str:
         lines = [f"t={e.t:7.2f}s  {e.kind:<20} {e.detail}".rstrip() for e in self.events]
@@ -149,86 +146,6 @@ def speech_segments(
     return [(a, b) for a, b in segments]
 
 
-@dataclass(slots=True)
-class Segment:
-    """One `media` message of the gateway as played: from sample `start` of the stream."""
-
-    start: int
-    audio: bytes
-    arrival: float  # stream seconds when it was received
-
-    @property
-    def stop(self) -> int:
-        return self.start + len(self.audio)
-
-
-class Playout:
-    """Twilio's output buffer on the simulator's clock (in samples, so nothing drifts)."""
-
-    def __init__(self) -> None:
-        self.segments: list[Segment] = []
-        self.end = 0  # sample at which everything buffered has played
-        self.pending: list[tuple[int, str]] = []  # (due sample, mark name)
-
-    def add(self, now: float, audio: bytes) -> None:
-        start = max(round(now * RATE), self.end)
-        self.segments.append(Segment(start, audio, now))
-        self.end = start + len(audio)
-
-    def mark(self, now: float, name: str) -> None:
-        self.pending.append((max(round(now * RATE), self.end), name))
-
-    def due_marks(self, now: float) -> list[str]:
-        due = [name for at, name in self.pending if at <= round(now * RATE)]
-        self.pending = self.pending[len(due):]
-        return due
-
-    def clear(self, now: float) -> list[str]:
-        """Drop what has not played yet; every pending mark is due at once."""
-        self.cut(now)
-        marks, self.pending = [name for _, name in self.pending], []
-        return marks
-
-    def cut(self, now: float) -> None:
-        at = round(now * RATE)
-        self.segments = [s for s in self.segments if s.start < at]
-        for s in self.segments:
-            s.audio = s.audio[:at - s.start]
-        self.end = min(self.end, at)
-
-    def buffered(self, now: float) -> bool:
-        return self.end > round(now * RATE)
-
-    def quiet_for(self, now: float) -> float:
-        return now - self.end / RATE
-
-    def spoke_since(self, t: float) -> bool:
-        return any(s.arrival >= t for s in self.segments)
-
-    def playing_since(self, t: float, now: float) -> bool:
-        at = round(now * RATE)
-        return any(s.arrival >= t and s.start <= at < s.stop for s in self.segments)
-
-    def spans(self, gap: float = 0.1) -> list[tuple[float, float]]:
-        """Stretches of played bot audio; gaps under `gap` seconds count as one stretch."""
-        spans: list[list[int]] = []
-        for s in self.segments:
-            if not s.audio:
-                continue
-            if spans and s.start - spans[-1][1] < gap * RATE:
-                spans[-1][1] = max(spans[-1][1], s.stop)
-            else:
-                spans.append([s.start, s.stop])
-        return [(a / RATE, b / RATE) for a, b in spans]
-
-    def render(self, until: float) -> bytes:
-        """The played audio from the start of the stream to `until`, silence in the gaps."""
-        out = bytearray(mulaw.silence(round(until * RATE)))
-        for s in self.segments:
-            out[s.start:s.stop] = s.audio
-        return bytes(out)
-
-
 class _Clock:
     """Stream seconds. Real time: the wall clock. Fast: 20 ms per frame sent, however fast."""
 
@@ -249,11 +166,7 @@ class _Clock:
             await asyncio.sleep(FRAME_SECONDS if idle else 0)
 
 
-def _sid(prefix: str) -> str:
-    return prefix + uuid.uuid4().hex
-
-
-def _websocket_address(stream_url: str, base_url: str) -> str:
+def websocket_address(stream_url: str, base_url: str) -> str:
     """Where to connect: the Stream URL's path on the gateway's actual address."""
     stream, base = urlsplit(stream_url), urlsplit(base_url)
     scheme = "wss" if base.scheme == "https" else "ws"
@@ -273,260 +186,188 @@ def parse_twiml(twiml: str) -> tuple[str, dict[str, str]]:
     return stream.get("url", ""), params
 
 
-async def simulate_call(
-    url: str,
-    turns: Sequence[Turn],
-    *,
-    auth_token: str = "",
-    public_url: str | None = None,
-    from_number: str = "+34600000001",
-    to_number: str = "+34910000000",
-    account_sid: str | None = None,
-    call_sid: str | None = None,
-    realtime: bool = True,
-    tail: float = 15.0,
-    settle: float = 0.8,
-    dtmf_at: Sequence[tuple[float, str]] = (),
-    speech_threshold: int = 300,
-) -> SimulationResult:
-    """Place one call on the gateway at `url` and play `turns`; then wait up to `tail` seconds
-    for the bot to answer the last turn and finish playing, and hang up (`stop`).
+@dataclass
+class SimulatedCall:
+    """One call placed on the gateway at `url`, playing `turns`; `run` returns what happened.
 
     `public_url` is the base URL the gateway believes Twilio reaches it at (its
-    server.public_url) and signs the webhook; `dtmf_at` presses keys at fixed stream times.
+    server.public_url) and signs the webhook; `dtmf_at` presses keys at fixed stream times; after
+    the last turn the caller waits up to `tail` seconds for the bot to answer and finish playing
+    (silence of `settle` seconds), then hangs up (`stop`).
     """
-    base = url.rstrip("/")
-    validator = RequestValidator(auth_token)
-    account_sid = account_sid or _sid("AC")
-    call_sid = call_sid or _sid("CA")
-    stream_sid = _sid("MZ")
-    params = {
-        "AccountSid": account_sid, "ApiVersion": "2010-04-01", "CallSid": call_sid,
-        "CallStatus": "ringing", "Called": to_number, "Caller": from_number,
-        "Direction": "inbound", "From": from_number, "To": to_number,
-    }
-    signed = (public_url or base).rstrip("/") + VOICE_PATH
-    async with httpx.AsyncClient(trust_env=False, timeout=30) as http:
-        response = await http.post(base + VOICE_PATH, data=params, headers={
-            "X-Twilio-Signature": validator.compute_signature(signed, params)})
-    if response.status_code != 200:
-        raise SimulationError(
-            f"voice webhook answered HTTP {response.status_code}: {response.text[:200]}")
-    stream_url, custom = parse_twiml(response.text)
 
-    clock = _Clock(realtime)
-    playout = Playout()
-    events: list[Event] = []
-    errors: list[str] = []
-    echo_now: list[str] = []
-    sequence = 0
+    url: str
+    turns: Sequence[Turn]
+    auth_token: str = ""
+    public_url: str | None = None
+    from_number: str = "+34600000001"
+    to_number: str = "+34910000000"
+    account_sid: str | None = None
+    call_sid: str | None = None
+    realtime: bool = True
+    tail: float = 15.0
+    settle: float = 0.8
+    dtmf_at: Sequence[tuple[float, str]] = ()
+    speech_threshold: int = 300
 
-    def record(kind: str, detail: str = "", t: float | None = None) -> None:
-        events.append(Event(clock.now() if t is None else t, kind, detail))
+    def __post_init__(self) -> None:
+        self.base = self.url.rstrip("/")
+        self.validator = RequestValidator(self.auth_token)
+        self.side = TwilioSide(call_sid=self.call_sid or new_sid("CA"),
+                               account_sid=self.account_sid or new_sid("AC"),
+                               from_number=self.from_number, to_number=self.to_number)
+        self.clock = _Clock(self.realtime)
+        self.events: list[Event] = []
+        self.errors: list[str] = []
+        self.ends: list[float] = []  # per turn: end of its speech (or its last key)
+        self.keys = sorted((at + i * DIGIT_GAP_SECONDS, d)
+                           for at, keys in self.dtmf_at for i, d in enumerate(keys))
 
-    def message(event: str, **body: object) -> str:
-        nonlocal sequence
-        sequence += 1
-        return json.dumps({"event": event, "sequenceNumber": str(sequence),
-                           "streamSid": stream_sid, **body})
+    async def run(self) -> SimulationResult:
+        twiml = await self._voice_webhook()
+        stream_url, custom = parse_twiml(twiml)
+        self.side.custom_parameters = custom
+        signature = self.validator.compute_signature(stream_url, {})
+        async with connect(websocket_address(stream_url, self.base), proxy=None,
+                           compression=None, max_size=None,
+                           additional_headers={"X-Twilio-Signature": signature}) as ws:
+            self.ws: ClientConnection = ws
+            await ws.send(self.side.connected())
+            await ws.send(self.side.start())
+            self.clock.t0 = time.monotonic()
+            self._record("call_start", f"{self.side.call_sid} {self.side.stream_sid}")
+            receiver = asyncio.create_task(self._receive())
+            try:
+                await self._converse()
+            except websockets.ConnectionClosed:
+                pass
+            finally:
+                await cancel_and_wait(receiver)
+            close_code = None
+            if not any(e.kind == "stop_sent" for e in self.events):
+                close_code = ws.close_code
+                self.side.playout.cut(self.clock.now())
+                self._record("gateway_closed", f"code {close_code}")
+        return self._result(twiml, close_code)
 
-    async with connect(
-        _websocket_address(stream_url, base), proxy=None, compression=None, max_size=None,
-        additional_headers={"X-Twilio-Signature": validator.compute_signature(stream_url, {})},
-    ) as ws:
+    async def _voice_webhook(self) -> str:
+        side = self.side
+        params = {
+            "AccountSid": side.account_sid, "ApiVersion": "2010-04-01",
+            "CallSid": side.call_sid, "CallStatus": "ringing", "Called": side.to_number,
+            "Caller": side.from_number, "Direction": "inbound", "From": side.from_number,
+            "To": side.to_number,
+        }
+        signed = (self.public_url or self.base).rstrip("/") + VOICE_PATH
+        async with httpx.AsyncClient(trust_env=False, timeout=30) as http:
+            response = await http.post(self.base + VOICE_PATH, data=params, headers={
+                "X-Twilio-Signature": self.validator.compute_signature(signed, params)})
+        if response.status_code != 200:
+            raise SimulationError(
+                f"voice webhook answered HTTP {response.status_code}: {response.text[:200]}")
+        return response.text
 
-        async def receive() -> None:
-            async for data in ws:
-                now = clock.now()
-                if isinstance(data, bytes):
-                    errors.append(f"t={now:.2f}s binary frame (Twilio error 31950)")
-                    continue
-                try:
-                    msg = json.loads(data)
-                    event = msg["event"]
-                    if msg.get("streamSid") != stream_sid:
-                        raise ValueError(f"streamSid {msg.get('streamSid')!r}")
-                    if event == "media":
-                        playout.add(now, base64.b64decode(msg["media"]["payload"], validate=True))
-                    elif event == "mark":
-                        playout.mark(now, str(msg["mark"]["name"]))
-                    elif event == "clear":
-                        record("clear", t=now)
-                        echo_now.extend(playout.clear(now))
-                    else:
-                        raise ValueError(f"unknown event {event!r}")
-                except (ValueError, KeyError, TypeError) as exc:
-                    errors.append(
-                        f"t={now:.2f}s invalid message (Twilio error 31951): {exc}: {data[:120]}")
+    async def _converse(self) -> None:
+        since = 0.0
+        for turn in self.turns:
+            if turn.when == "bot_idle":
+                await self._wait(lambda: self._bot_idle(since), turn.wait_limit)
+            elif turn.when == "bot_speaking":
+                await self._wait(lambda: self.side.playout.playing_since(since, self.clock.now()),
+                                 turn.wait_limit)
+            await self._wait(lambda: False, turn.delay)
+            since = await self._play(turn)  # a reply may start while trailing silence is sent
+            if turn.hang_up:
+                break
+        else:
+            await self._wait(lambda: not self.keys and self._bot_idle(since), self.tail)
+        self.side.playout.cut(self.clock.now())  # what would play after hanging up is unheard
+        await self.ws.send(self.side.stop())
+        self._record("stop_sent")
+        await self.ws.close()
 
-        scheduled = sorted(
-            (at + i * DIGIT_GAP_SECONDS, d) for at, keys in dtmf_at for i, d in enumerate(keys))
+    async def _play(self, turn: Turn) -> float:
+        """The caller's part of a turn; returns when their speech (or last key) ended."""
+        for raw in turn.raw:
+            await self.ws.send(raw)
+            self._record("raw_sent", repr(raw[:40]))
+        offset = self.clock.frames * FRAME_SECONDS
+        segments = speech_segments(turn.audio, self.speech_threshold)
+        for start, end in segments:
+            self._record("caller_speech_start", t=offset + start)
+            self._record("caller_speech_end", t=offset + end)
+        padded = turn.audio + mulaw.silence(-len(turn.audio) % FRAME_BYTES)
+        for i in range(0, len(padded), FRAME_BYTES):
+            await self._frame(padded[i:i + FRAME_BYTES])
+        if turn.digits:
+            now = self.clock.now()
+            self.keys.extend((now + i * DIGIT_GAP_SECONDS, d) for i, d in enumerate(turn.digits))
+            self.keys.sort()
+            await self._wait(lambda: not self.keys, len(turn.digits) * DIGIT_GAP_SECONDS + 1)
+        self.ends.append(offset + segments[-1][1] if segments else self.clock.now())
+        return self.ends[-1]
 
-        async def frame(audio: bytes | None = None) -> None:
-            """Send one 20 ms frame (silence by default), after due marks and key presses."""
-            idle = audio is None and not playout.buffered(clock.now())
-            await clock.wait_next_frame(idle)
-            now = clock.now()
-            for name in [*echo_now, *playout.due_marks(now)]:
-                await ws.send(message("mark", mark={"name": name}))
-                record("mark", name)
-            echo_now.clear()
-            while scheduled and scheduled[0][0] <= now:
-                digit = scheduled.pop(0)[1]
-                await ws.send(message("dtmf", dtmf={"track": "inbound_track", "digit": digit}))
-                record("dtmf", digit)
-            chunk = clock.frames + 1
-            await ws.send(message("media", media={
-                "track": "inbound", "chunk": str(chunk), "timestamp": str(clock.frames * 20),
-                "payload": base64.b64encode(audio or mulaw.silence(FRAME_BYTES)).decode()}))
-            clock.frames = chunk
+    async def _frame(self, audio: bytes | None = None) -> None:
+        """Send one 20 ms frame (silence by default), after due marks and key presses."""
+        side, clock, send = self.side, self.clock, self.ws.send
+        await clock.wait_next_frame(idle=audio is None and not side.playout.buffered(clock.now()))
+        now = clock.now()
+        for name in side.due_marks(now):
+            await send(side.mark(name))
+            self._record("mark", name)
+        while self.keys and self.keys[0][0] <= now:
+            digit = self.keys.pop(0)[1]
+            await send(side.dtmf(digit))
+            self._record("dtmf", digit)
+        await send(side.media(audio or mulaw.silence(FRAME_BYTES)))
+        clock.frames += 1
 
-        def bot_idle(since: float) -> bool:
-            now = clock.now()
-            return (playout.spoke_since(since) and playout.quiet_for(now) >= settle
-                    and not playout.pending and not echo_now)
+    async def _receive(self) -> None:
+        async for data in self.ws:
+            now = self.clock.now()
+            try:
+                if self.side.receive(data, now) == "clear":
+                    self._record("clear", t=now)
+            except ProtocolError as exc:
+                if exc.reason == "binary_frame":
+                    self.errors.append(f"t={now:.2f}s binary frame (Twilio error 31950)")
+                else:
+                    self.errors.append(f"t={now:.2f}s invalid message (Twilio error 31951): "
+                                       f"{exc.detail}: {data[:120]!s}")
 
-        async def wait(condition: Callable[[], bool], limit: float) -> None:
-            start = clock.now()
-            while not condition() and clock.now() - start < limit:
-                await frame()
+    def _bot_idle(self, since: float) -> bool:
+        """The bot has spoken since `since` and its audio has played out, marks echoed."""
+        playout = self.side.playout
+        return (playout.spoke_since(since) and playout.quiet_for(self.clock.now()) >= self.settle
+                and not self.side.echoing)
 
-        await ws.send(json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}))
-        await ws.send(message("start", start={
-            "accountSid": account_sid, "streamSid": stream_sid, "callSid": call_sid,
-            "tracks": ["inbound"], "customParameters": custom,
-            "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": RATE, "channels": 1}}))
-        clock.t0 = time.monotonic()
-        record("call_start", f"{call_sid} {stream_sid}")
-        receiver = asyncio.create_task(receive())
-        latencies: list[float | None] = []
-        ends: list[float] = []
-        hung_up = False
-        try:
-            since = 0.0
-            for turn in turns:
-                if turn.when == "bot_idle":
-                    await wait(lambda: bot_idle(since), turn.wait_limit)
-                elif turn.when == "bot_speaking":
-                    await wait(lambda: playout.playing_since(since, clock.now()), turn.wait_limit)
-                await wait(lambda: False, turn.delay)
-                for raw in turn.raw:
-                    await ws.send(raw)
-                    record("raw_sent", repr(raw[:40]))
-                offset = clock.frames * FRAME_SECONDS
-                segments = speech_segments(turn.audio, speech_threshold)
-                for start, end in segments:
-                    record("caller_speech_start", t=offset + start)
-                    record("caller_speech_end", t=offset + end)
-                padded = turn.audio + mulaw.silence(-len(turn.audio) % FRAME_BYTES)
-                for i in range(0, len(padded), FRAME_BYTES):
-                    await frame(padded[i:i + FRAME_BYTES])
-                if turn.digits:
-                    now = clock.now()
-                    scheduled.extend(
-                        (now + i * DIGIT_GAP_SECONDS, d) for i, d in enumerate(turn.digits))
-                    scheduled.sort()
-                    await wait(lambda: not scheduled, len(turn.digits) * DIGIT_GAP_SECONDS + 1)
-                ends.append(offset + segments[-1][1] if segments else clock.now())
-                since = ends[-1]  # a reply may start while trailing silence is still sent
-                if turn.hang_up:
-                    hung_up = True
-                    break
-            if not hung_up:
-                await wait(lambda: not scheduled and bot_idle(since), tail)
-            playout.cut(clock.now())  # what would still play after hanging up is never heard
-            await ws.send(message("stop", stop={"accountSid": account_sid, "callSid": call_sid}))
-            record("stop_sent")
-            await ws.close()
-        except websockets.ConnectionClosed:
-            pass
-        finally:
-            receiver.cancel()
-            await asyncio.gather(receiver, return_exceptions=True)
-        close_code = None
-        if not any(e.kind == "stop_sent" for e in events):
-            close_code = ws.close_code
-            playout.cut(clock.now())
-            record("gateway_closed", f"code {close_code}")
-        duration = clock.now()
+    async def _wait(self, condition: Callable[[], bool], limit: float) -> None:
+        start = self.clock.now()
+        while not condition() and self.clock.now() - start < limit:
+            await self._frame()
+
+    def _record(self, kind: str, detail: str = "", t: float | None = None) -> None:
+        self.events.append(Event(self.clock.now() if t is None else t, kind, detail))
+
+    def _result(self, twiml: str, close_code: int | None) -> SimulationResult:
+        duration = self.clock.now()
+        playout = self.side.playout
         # Speech the caller never got to say (the gateway hung up first) did not happen.
-        events = [e for e in events if e.t <= duration]
-
-    for start, stop in playout.spans():
-        events.append(Event(start, "bot_audio_start"))
-        events.append(Event(stop, "bot_audio_stop", f"{stop - start:.2f}s"))
-    for end in ends:
-        first = next((s.start / RATE for s in playout.segments if s.audio and s.arrival >= end),
-                     None)
-        latencies.append(None if first is None else first - end)
-    events.sort(key=lambda e: e.t)
-    return SimulationResult(call_sid, stream_sid, response.text, playout.render(duration), events,
-                            latencies, errors, close_code, duration, clock.t0)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--wav", help="caller audio (any PCM WAV; converted to 8 kHz mu-law)")
-    parser.add_argument("--dtmf", default="", help="keys to press, e.g. 1234#")
-    parser.add_argument("--dtmf-at", type=float, help="press the keys at this stream second "
-                        "instead of after the audio")
-    parser.add_argument("--out", help="write what the caller heard to this WAV (8 kHz, 16-bit)")
-    parser.add_argument("--url", default="http://127.0.0.1:5001",
-                        help="where the gateway listens (default %(default)s)")
-    parser.add_argument("--public-url", help="the gateway's server.public_url, to sign the "
-                        "webhook as Twilio would (default: config.yaml/environment, else --url)")
-    parser.add_argument("--auth-token", default="", help="Twilio auth token the gateway validates "
-                        "with (default: twilio.auth_token from config.yaml/environment)")
-    parser.add_argument("--from", dest="from_number", default="+34600000001")
-    parser.add_argument("--to", dest="to_number", default="+34910000000")
-    parser.add_argument("--fast", action="store_true",
-                        help="send audio as fast as possible; wait in real time only for the "
-                        "gateway")
-    parser.add_argument("--tail", type=float, default=15.0,
-                        help="most seconds to wait for the bot to answer and finish "
-                        "(default %(default)s)")
-    parser.add_argument("--no-wait-greeting", action="store_true",
-                        help="speak at once instead of after the greeting has played")
+        events = [e for e in self.events if e.t <= duration]
+        for start, stop in playout.spans():
+            events.append(Event(start, "bot_audio_start"))
+            events.append(Event(stop, "bot_audio_stop", f"{stop - start:.2f}s"))
+        latencies: list[float | None] = []
+        for end in self.ends:
+            first = next((s.start / SAMPLE_RATE for s in playout.segments
+                          if s.audio and s.arrival >= end), None)
+            latencies.append(None if first is None else first - end)
+        events.sort(key=lambda e: e.t)
+        return SimulationResult(self.side.call_sid, self.side.stream_sid, twiml,
+                                playout.render(duration), events, latencies, self.errors,
+                                close_code, duration, self.clock.t0)
 
 
-def run(args: argparse.Namespace) -> int:
-    if not args.wav and not args.dtmf:
-        print("simulate: give --wav and/or --dtmf", file=sys.stderr)
-        return 2
-    try:
-        audio = load_wav(args.wav) if args.wav else b""
-    except (OSError, SimulationError) as exc:
-        print(f"simulate: cannot read {args.wav}: {exc}", file=sys.stderr)
-        return 2
-    auth_token, public_url = args.auth_token, args.public_url
-    if not auth_token or public_url is None:
-        try:  # sign like the gateway configured here expects (config.yaml + environment)
-            settings = load_settings()
-        except ConfigError as exc:
-            print(f"simulate: configuration error: {exc}", file=sys.stderr)
-            return 2
-        auth_token = auth_token or settings.twilio.auth_token
-        if public_url is None:
-            public_url = settings.server.public_url or None
-    dtmf_at = [(args.dtmf_at, args.dtmf)] if args.dtmf_at is not None and args.dtmf else []
-    turn = Turn(audio=audio, digits="" if dtmf_at else args.dtmf, wait_limit=10.0,
-                when="now" if args.no_wait_greeting else "bot_idle")
-    try:
-        result = asyncio.run(simulate_call(
-            args.url, [turn], auth_token=auth_token, public_url=public_url,
-            from_number=args.from_number, to_number=args.to_number,
-            realtime=not args.fast, tail=args.tail, dtmf_at=dtmf_at))
-    except (SimulationError, OSError, httpx.HTTPError, websockets.InvalidHandshake) as exc:
-        print(f"simulate: {exc}", file=sys.stderr)
-        return 1
-    if args.fast:
-        print("(fast mode: times are stream time, not what a caller would wait)")
-    print(result.timeline())
-    if args.out:
-        result.write_wav(args.out)
-        audible = result.audible_seconds()
-        print(f"heard {result.duration:.2f}s ({audible:.2f}s of it audible) -> {args.out}")
-    if result.close_code not in (None, 1000):
-        print(f"simulate: the gateway closed the stream with code {result.close_code}",
-              file=sys.stderr)
-        return 1
-    return 1 if result.protocol_errors else 0
+async def simulate_call(url: str, turns: Sequence[Turn], **options: Any) -> SimulationResult:
+    """Place one call and play `turns` (see SimulatedCall for the options)."""
+    return await SimulatedCall(url, turns, **options).run()

@@ -9,6 +9,8 @@ Every run starts both gateways (zero-cost engines, each with its own N calls fro
 generator, as bench/load.py's side-by-side runs) and takes B/A second by second; a run's figure
 is the median of those, and the result is the median over runs. Two identical gateways read
 0.99 and single runs scatter by about ±3%, so a change below ~2% needs many runs to show.
+Exits 0 when every run measured, 3 (bench/report.py's EXIT_BROKEN) when a run dropped calls or a
+server failed.
 """
 
 from __future__ import annotations
@@ -21,11 +23,15 @@ import tempfile
 from contextlib import ExitStack
 from pathlib import Path
 
+import httpx
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.load import (  # noqa: E402
-    AUTH_TOKEN, BOT_REPLY, LOAD_CORE, ROOT, caller_payloads, side_by_side, started,
-)
+from bench.generator import caller_frames  # noqa: E402
+from bench.load import BOT_REPLY  # noqa: E402
+from bench.measure import side_by_side  # noqa: E402
+from bench.report import EXIT_BROKEN, EXIT_MET, EXIT_USAGE  # noqa: E402
+from bench.servers import LOAD_CORE, ROOT, ServerOptions, started  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,40 +49,42 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if len(os.sched_getaffinity(0)) < 2:
         print("compare: needs two cores (servers on one, load on the other)", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     os.sched_setaffinity(0, {LOAD_CORE})
     envs = {name: dict(item.split("=", 1) for item in items)
             for name, items in (("A", args.a_env), ("B", args.b_env))}
     roots = {"A": args.a.resolve(), "B": args.b.resolve()}
-    server_args = argparse.Namespace(url=None, public_url=None, auth_token=AUTH_TOKEN,
-                                     stt="null", tts="null")
-    payloads = caller_payloads(turns=not args.no_turns)
+    options = {name: ServerOptions(root=roots[name], environment=envs[name]) for name in roots}
+    frames = caller_frames(turns=not args.no_turns)
     logs = Path(tempfile.mkdtemp(prefix="compare-"))
     print(f"A: {roots['A']} {envs['A'] or ''}\nB: {roots['B']} {envs['B'] or ''}\n"
           f"{args.calls} calls each, {args.seconds:g} s windows; server logs in {logs}")
     from tests.support.rasa_bot import RasaBot
     from tests.support.servers import running
 
-    ratios = []
+    ratios, broken = [], 0
     bot = RasaBot(reply=lambda text: [{"recipient_id": "bench", "text": BOT_REPLY}])
-    with running(bot.app()) as rasa:
-        rasa_url = rasa.url + "/webhooks/rest/webhook"
-        for run in range(args.runs):
-            with ExitStack() as stack:
-                servers = {name: stack.enter_context(started(
-                    "gateway", server_args, rasa_url, logs, root=roots[name],
-                    overrides=envs[name])) for name in ("A", "B")}
-                rates, stats = side_by_side(servers, args.calls, payloads, args.seconds)
-            dropped = sum(args.calls - int(s["held"]) for s in stats.values())
-            ratio = statistics.median(b / a for a, b in zip(rates["A"], rates["B"]) if a > 0)
-            ratios.append(ratio)
-            print(f"run {run + 1}: CPU/call A {statistics.median(rates['A']) / args.calls:.3%} "
-                  f"B {statistics.median(rates['B']) / args.calls:.3%} of a core; B/A "
-                  f"{ratio:.3f}" + (f" ({dropped} calls dropped: not valid)" if dropped else ""),
-                  flush=True)
+    try:
+        with running(bot.app()) as rasa:
+            rasa_url = rasa.url + "/webhooks/rest/webhook"
+            for run in range(args.runs):
+                with ExitStack() as stack:
+                    servers = {name: stack.enter_context(started(
+                        "gateway", options[name], rasa_url, logs)) for name in ("A", "B")}
+                    rates, stats = side_by_side(servers, args.calls, frames, args.seconds)
+                dropped = sum(args.calls - int(s["held"]) for s in stats.values())
+                broken += dropped > 0
+                ratio = statistics.median(b / a for a, b in zip(rates["A"], rates["B"]) if a > 0)
+                ratios.append(ratio)
+                print(f"run {run + 1}: CPU/call A {statistics.median(rates['A']) / args.calls:.3%} "
+                      f"B {statistics.median(rates['B']) / args.calls:.3%} of a core; B/A "
+                      f"{ratio:.3f}" + (f" ({dropped} calls dropped: not valid)" if dropped else ""),
+                      flush=True)
+    except (RuntimeError, OSError, httpx.HTTPError) as exc:  # a server or generator failed
+        print(f"compare: the run broke: {exc}", file=sys.stderr)
+        return EXIT_BROKEN
     print(f"B/A median of {len(ratios)} runs: {statistics.median(ratios):.3f}")
-    return 0
-
+    return EXIT_BROKEN if broken else EXIT_MET
 
 if __name__ == "__main__":
     sys.exit(main())

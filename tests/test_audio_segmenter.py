@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from audio.segmenter import UtteranceSegmenter
-from tests.support.twilio_stream import SILENT_FRAME, tone
+from tests.support.caller_audio import SILENT_FRAME, tone
 
 LOUD = tone(20)
 

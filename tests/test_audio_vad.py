@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from audio.vad import EnergyVad, VadEvent
-from tests.support.twilio_stream import SILENT_FRAME, frames, tone
+from tests.support.caller_audio import SILENT_FRAME, frames, tone
 
 LOUD = frames(tone(20))[0]
 QUIET = frames(tone(20, amplitude=200))[0]  # below the default threshold of 500

@@ -22,13 +22,14 @@ from websockets.asyncio.client import ClientConnection, connect
 from app.config import Settings
 from app.prompts import greeting_text
 from streaming.session import split_sentences
+from streaming.twilio_side import TwilioSide
 from tests.support.gateway import ACCOUNT_SID, AUTH_TOKEN, RunningGateway, running_gateway
 from tests.support.google_fakes import FakeSpeechServer
 from tests.support.rasa_bot import RasaBot
 from tests.support.servers import ServerThread, running
 from tests.support.twilio_api import TwilioApi
 from tests.support.twilio_sign import asigned_post, call_params, signed_headers
-from tests.support.twilio_stream import SILENT_FRAME, TwilioStream, frames, tone
+from tests.support.caller_audio import SILENT_FRAME, frames, tone
 
 CALL = "CA" + "e2e1" * 8
 AGENT = "+34911234567"
@@ -66,7 +67,7 @@ class TwilioLeg:
     """Twilio's end of one media stream. Marks are echoed at once unless `hold` is set, which
     stands for audio still playing: held marks go back on `release` (or on a `clear`)."""
 
-    def __init__(self, ws: ClientConnection, stream: TwilioStream) -> None:
+    def __init__(self, ws: ClientConnection, stream: TwilioSide) -> None:
         self.ws, self.stream = ws, stream
         self.marks: list[str] = []
         self.held: list[str] = []
@@ -119,7 +120,7 @@ class TwilioLeg:
 @asynccontextmanager
 async def stream_call(gw: RunningGateway) -> AsyncIterator[TwilioLeg]:
     url = gw.url.replace("http://", "ws://") + "/webhook/twilio/stream"
-    stream = TwilioStream(call_sid=CALL, account_sid=ACCOUNT_SID)
+    stream = TwilioSide(call_sid=CALL, account_sid=ACCOUNT_SID)
     async with connect(url, additional_headers=signed_headers(url, token=AUTH_TOKEN),
                        proxy=None) as ws:
         leg = TwilioLeg(ws, stream)

@@ -24,8 +24,8 @@ from streaming.protocol import (
     media_message,
     parse,
 )
+from streaming.twilio_side import TwilioSide
 from tests.support.twilio_fuzz import json_values, twilio_shaped
-from tests.support.twilio_stream import TwilioStream
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -55,7 +55,7 @@ def test_arbitrary_json_only_raises_protocol_error(value: Any) -> None:
 @given(st.lists(twilio_shaped(), min_size=1, max_size=6))
 def test_twilio_shaped_sequences_only_raise_protocol_error(messages: list[dict[str, Any]]) -> None:
     state = StreamState()
-    twilio = TwilioStream(stream_sid="MZ1")
+    twilio = TwilioSide(stream_sid="MZ1")
     only_protocol_errors(twilio.start(), state)
     for message in messages:
         only_protocol_errors(json.dumps(message), state)
@@ -94,7 +94,7 @@ def test_outbound_mark_and_clear_round_trip(stream_sid: str, name: str) -> None:
 )
 def test_inbound_messages_round_trip(call_sid: str, stream_sid: str, frames: list[bytes],
                                      digits: list[str], mark: str) -> None:
-    twilio = TwilioStream(call_sid=call_sid, stream_sid=stream_sid)
+    twilio = TwilioSide(call_sid=call_sid, stream_sid=stream_sid)
     state = StreamState()
     start = state.parse(twilio.start())
     assert isinstance(start, Start)

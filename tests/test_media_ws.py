@@ -19,10 +19,10 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from app import media
+from streaming.twilio_side import TwilioSide
 from tests.support.gateway import AUTH_TOKEN, RunningGateway, null_gateway
 from tests.support.gateway_process import LiveCall
 from tests.support.twilio_sign import signed_headers
-from tests.support.twilio_stream import TwilioStream
 
 PATH = "/webhook/twilio/stream"
 
@@ -87,7 +87,7 @@ async def test_unsigned_upgrade_is_closed_with_policy_violation(gw: RunningGatew
 
 
 async def test_garbage_does_not_end_the_call_and_stop_cleans_up(gw: RunningGateway) -> None:
-    twilio = TwilioStream(call_sid="CA" + "a1" * 16, stream_sid="MZ" + "b2" * 16)
+    twilio = TwilioSide(call_sid="CA" + "a1" * 16, stream_sid="MZ" + "b2" * 16)
     reasons = ["before_start", "binary_frame", "invalid_json", "unknown_event", "bad_base64",
                "wrong_stream_sid", "missing_field", "duplicate_start"]
     counts = {reason: rejected(reason) for reason in reasons}
@@ -124,7 +124,7 @@ async def test_garbage_does_not_end_the_call_and_stop_cleans_up(gw: RunningGatew
 
 
 async def test_disconnect_without_stop_cleans_up(gw: RunningGateway) -> None:
-    twilio = TwilioStream(call_sid="CA" + "c3" * 16, stream_sid="MZ" + "d4" * 16)
+    twilio = TwilioSide(call_sid="CA" + "c3" * 16, stream_sid="MZ" + "d4" * 16)
     before = gw.tasks()
     async with open_stream(gw) as ws:
         await ws.send(twilio.start())
@@ -139,7 +139,7 @@ async def test_disconnect_without_stop_cleans_up(gw: RunningGateway) -> None:
 async def test_socket_closed_before_start_leaves_nothing(gw: RunningGateway) -> None:
     before = gw.tasks()
     async with open_stream(gw) as ws:
-        await ws.send(TwilioStream().connected())
+        await ws.send(TwilioSide().connected())
     assert await asyncio.to_thread(gw.wait_settled, before) == []
     assert gw.gateway.calls == {}
 
@@ -148,14 +148,14 @@ async def test_a_socket_that_never_starts_is_closed(gw: RunningGateway, monkeypa
     monkeypatch.setattr(media, "START_TIMEOUT_SECONDS", 0.2)
     before = gw.tasks()
     async with open_stream(gw) as ws:
-        await ws.send(TwilioStream().connected())
+        await ws.send(TwilioSide().connected())
         assert await closed_with(ws) == 1000
     assert await asyncio.to_thread(gw.wait_settled, before) == []
 
 
 async def test_a_turn_over_the_socket_reaches_rasa_and_comes_back(gw: RunningGateway) -> None:
     """Wiring: the gateway's engines, Rasa client and session behind the real endpoint."""
-    twilio = TwilioStream(call_sid="CA" + "e5" * 16, stream_sid="MZ" + "f6" * 16)
+    twilio = TwilioSide(call_sid="CA" + "e5" * 16, stream_sid="MZ" + "f6" * 16)
     seen = len(gw.bot.requests)
 
     async def marks(ws: ClientConnection) -> list[str]:
@@ -227,7 +227,7 @@ async def test_streams_racing_for_one_call_leave_one_session(gw: RunningGateway,
     before it started; whatever the order, one session is left and the other sockets close."""
     call_sid = "CA" + "8b" * 16
     before, replaced = gw.tasks(), sessions_replaced()
-    streams = [TwilioStream(call_sid=call_sid, stream_sid=f"MZ{index:032x}") for index in range(3)]
+    streams = [TwilioSide(call_sid=call_sid, stream_sid=f"MZ{index:032x}") for index in range(3)]
     async with open_stream(gw) as a, open_stream(gw) as b, open_stream(gw) as c:
         sockets = [a, b, c]
         await asyncio.gather(*(ws.send(twilio.start()) for ws, twilio in zip(sockets, streams)))

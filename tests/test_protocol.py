@@ -21,13 +21,13 @@ from streaming.protocol import (
     StreamState,
     parse,
 )
-from tests.support.twilio_stream import TwilioStream
+from streaming.twilio_side import TwilioSide
 
 SID = "MZ" + "1" * 32
 
 
-def twilio() -> TwilioStream:
-    return TwilioStream(call_sid="CAabc", stream_sid=SID, account_sid="ACdef",
+def twilio() -> TwilioSide:
+    return TwilioSide(call_sid="CAabc", stream_sid=SID, account_sid="ACdef",
                         from_number="+34600111222", to_number="+34910000000")
 
 

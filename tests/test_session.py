@@ -17,7 +17,7 @@ from audio.framing import chunk_size
 from streaming.ports import BotMessage
 from streaming.session import Phase, split_sentences
 from tests.support.call_harness import FAST, CallHarness, FakeBot, FakeTts, config
-from tests.support.twilio_stream import tone
+from tests.support.caller_audio import tone
 
 SPEECH = tone(2000)  # loud enough for the energy VAD: "caller speech"
 

@@ -17,7 +17,7 @@ from tests.support.call_harness import (
     ScriptedStt,
     config,
 )
-from tests.support.twilio_stream import tone
+from tests.support.caller_audio import tone
 
 
 def metric(name: str, **labels: str) -> float:

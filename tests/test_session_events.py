@@ -17,7 +17,7 @@ from streaming.ports import (
     TurnLatency,
 )
 from tests.support.call_harness import BotError, CallHarness, FakeBot, FakeTts, config
-from tests.support.twilio_stream import tone
+from tests.support.caller_audio import tone
 
 
 async def test_a_turn_tells_the_input_the_reply_and_its_latency() -> None:

@@ -25,10 +25,11 @@ from twilio.request_validator import RequestValidator
 
 from app import __main__ as cli
 from app.simulate import (
-    FRAME_BYTES, Playout, SimulationError, Turn, load_wav, simulate_call, speech_segments,
+    FRAME_BYTES, SimulationError, Turn, load_wav, simulate_call, speech_segments,
 )
 from audio import mulaw
 from streaming.protocol import StreamState
+from streaming.twilio_side import Playout
 from tests.support.servers import ServerThread
 
 TOKEN = "fake-auth-token"

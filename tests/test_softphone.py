@@ -18,10 +18,11 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from streaming.twilio_side import TwilioSide
+from tests.support.caller_audio import SILENT_FRAME
 from tests.support.gateway import AUTH_TOKEN, RunningGateway, running_gateway
 from tests.support.rasa_bot import RasaBot
 from tests.support.twilio_sign import signed_headers
-from tests.support.twilio_stream import SILENT_FRAME, TwilioStream
 
 TOKEN = "softphone-test-token-0123456789"
 AGENT = "+34911234567"
@@ -72,7 +73,7 @@ class Page:
 
     def __init__(self, ws: ClientConnection, call_sid: str) -> None:
         self.ws = ws
-        self.twilio = TwilioStream(call_sid=call_sid, stream_sid="MZ" + call_sid[2:],
+        self.twilio = TwilioSide(call_sid=call_sid, stream_sid="MZ" + call_sid[2:],
                                    from_number="softphone", to_number="softphone")
         self.received: list[dict[str, Any]] = []
 

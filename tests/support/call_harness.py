@@ -29,7 +29,8 @@ from streaming.ports import (
 from streaming.protocol import Dtmf, Mark, Media, Stop, StreamState
 from streaming.session import CallSession
 from streaming.settings import CallSettings, SessionConfig
-from tests.support.twilio_stream import SILENT_FRAME, TwilioStream, frames
+from streaming.twilio_side import TwilioSide
+from tests.support.caller_audio import SILENT_FRAME, frames
 
 
 class ScriptedRecognition:
@@ -194,7 +195,7 @@ class CallHarness:
                  tts: FakeTts | None = None, stt: ScriptedStt | None = None,
                  control: FakeControl | None = None,
                  events: RecordedEvents | None = None) -> None:
-        self.twilio = TwilioStream()
+        self.twilio = TwilioSide()
         self.state = StreamState()
         self.bot = bot or FakeBot()
         self.tts = tts or FakeTts()

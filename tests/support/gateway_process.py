@@ -29,10 +29,11 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from streaming.stt.null import MARKER, NullSpeechToText
+from streaming.twilio_side import TwilioSide
 from tests.support.rasa_bot import RasaBot
 from tests.support.servers import free_port, running
 from tests.support.twilio_sign import asigned_post, call_params, signed_headers
-from tests.support.twilio_stream import FRAME_BYTES, SILENT_FRAME, TwilioStream
+from tests.support.caller_audio import FRAME_BYTES, SILENT_FRAME
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 AUTH_TOKEN = "process-test-auth-token"
@@ -155,7 +156,7 @@ class LiveCall:
     audio "plays" instantly), its media messages counted; `turn` makes the null recognizer hear
     the caller finish a sentence."""
 
-    def __init__(self, ws: ClientConnection, twilio: TwilioStream) -> None:
+    def __init__(self, ws: ClientConnection, twilio: TwilioSide) -> None:
         self.ws, self.twilio = ws, twilio
         self.media = 0
         self.playing = False
@@ -169,7 +170,7 @@ class LiveCall:
         """Connect to the stream websocket at `url` (signed with `token`) and start the call."""
         async with connect(url, proxy=None, open_timeout=10,
                            additional_headers=signed_headers(url, token=token)) as ws:
-            twilio = TwilioStream(call_sid=call_sid, stream_sid="MZ" + call_sid[2:])
+            twilio = TwilioSide(call_sid=call_sid, stream_sid="MZ" + call_sid[2:])
             await ws.send(twilio.connected())
             await ws.send(twilio.start())
             call = cls(ws, twilio)
