@@ -65,7 +65,7 @@ class TwilioApi:
     account_sid: str = "AC" + "5ef8" * 8
     auth_token: str = "test-auth-token-0123456789abcdef"
     mode: Mode = "ok"
-    # How long "slow" holds the answer; it gives up early when the client disconnects.
+    # How long "slow" holds the answer; a request its client abandons changes nothing.
     delay_seconds: float = 5.0
     requests: list[CallUpdate] = field(default_factory=list)
     ended: set[str] = field(default_factory=set)
@@ -121,7 +121,9 @@ class TwilioApi:
             return _error(500, 20500, "An internal server error has occurred")
         if self.mode == "slow":
             deadline = time.monotonic() + self.delay_seconds
-            while time.monotonic() < deadline and not await request.is_disconnected():
+            while time.monotonic() < deadline:
+                if await request.is_disconnected():  # abandoned: like Twilio, nothing applied
+                    return _error(499, 20499, "Client closed the request")
                 await asyncio.sleep(0.02)
         if call_sid in self.ended:
             return _error(400, 21220, "Call is not in-progress. Cannot redirect.")
