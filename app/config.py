@@ -41,9 +41,6 @@ from app.config_loader import ConfigError as ConfigError  # raised for every bad
 from app.config_loader import apply_environment, build, leaf_paths, merge, read_yaml
 from streaming.actions import is_dialable
 from streaming.settings import (
-    AtLeast,
-    Below,
-    Between,
     CallSettings,
     NonNegativeInt,
     PositiveFloat,
@@ -51,6 +48,9 @@ from streaming.settings import (
     PromptSettings,
     Rule,
     VadSettings,
+    at_least,
+    below,
+    between,
 )
 
 # The softphone's token travels in a URL and a Sec-WebSocket-Protocol header: URL-safe token chars.
@@ -88,17 +88,17 @@ def is_time_zone(name: str) -> bool:
 
 # Field types with a rule of their own, named here: annotations are read as text, where a lambda
 # would not see this module's names.
-HttpUrl = Annotated[str, Rule(is_http_url, "an absolute http(s) URL")]
+HttpUrl = Annotated[str, Rule(is_http_url, "must be an absolute http(s) URL")]
 OptionalHttpUrl = Annotated[str, Rule(lambda url: not url or is_http_url(url),
-                                      "empty or an absolute http(s) URL")]
+                                      "must be empty or an absolute http(s) URL")]
 # YAML reads an unquoted +34911234567 as the integer 34911234567: the + is lost.
 OptionalPhoneNumber = Annotated[str, Rule(
     lambda number: not number or is_dialable(number),
-    'an E.164 number like "+34911234567" (quoted in YAML) or a sip: URI')]
-TimeZone = Annotated[str, Rule(is_time_zone, "a time zone name like Europe/Madrid")]
-GreetingText = Annotated[str, Rule(lambda text: "{salutation}" in text, "a text with {salutation}")]
+    'must be an E.164 number like "+34911234567" (quoted in YAML) or a sip: URI')]
+TimeZone = Annotated[str, Rule(is_time_zone, "must be a time zone name like Europe/Madrid")]
+GreetingText = Annotated[str, Rule(lambda text: "{salutation}" in text, "must contain {salutation}")]
 SpeechTimeout = Annotated[str, Rule(lambda value: value == "auto" or value.isdigit(),
-                                    "auto or whole seconds")]
+                                    "must be auto or whole seconds")]
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,9 +119,9 @@ class SoftphoneSettings:
 @dataclass(frozen=True, slots=True)
 class ServerSettings:
     host: str = "0.0.0.0"
-    port: Annotated[int, Between(1, 65535)] = 5001
+    port: Annotated[int, between(1, 65535)] = 5001
     public_url: OptionalHttpUrl = ""
-    workers: Annotated[int, AtLeast(1)] = 1
+    workers: Annotated[int, at_least(1)] = 1
     mode: Literal["stream", "gather"] = "stream"
     drain_timeout_seconds: PositiveFloat = 300
     max_active_calls: PositiveInt = 100
@@ -192,7 +192,7 @@ class WhisperSettings:
     beam_size: PositiveInt = 5
     cpu_threads: NonNegativeInt = 2
     workers: PositiveInt = 1
-    max_utterance_seconds: Annotated[float, AtLeast(2)] = 15.0
+    max_utterance_seconds: Annotated[float, at_least(2)] = 15.0
     max_queue_seconds: PositiveFloat = 3.0
 
 
@@ -211,7 +211,7 @@ class GoogleSttSettings(GoogleClientSettings):
     use_enhanced: bool = True
     interim_results: bool = True
     # Google ends a stream after about 5 minutes: it is replaced by a new one before that.
-    restart_seconds: Annotated[PositiveFloat, Below(300, "Google's 300 s stream limit")] = 240
+    restart_seconds: Annotated[PositiveFloat, below(300, "Google's 300 s stream limit")] = 240
 
 
 @dataclass(frozen=True, slots=True)
@@ -309,38 +309,28 @@ def environment_variables() -> dict[str, str]:
 
 def startup_warnings(settings: Settings) -> list[str]:
     """Settings that work but are dangerous or surprising, in words an operator acts on."""
-    warnings = []
-    if not settings.twilio.validate_signatures:
-        warnings.append(
-            "SECURITY: twilio.validate_signatures is false: Twilio signatures are NOT checked and "
-            "anyone can forge webhook and websocket requests. Never run like this in production."
-        )
-    elif not settings.twilio.auth_token:
-        warnings.append(
-            "twilio.auth_token (TWILIO_AUTH_TOKEN) is empty: every webhook and websocket request "
-            "will be refused with 403 until it is set."
-        )
-    if not settings.twilio.fallback_phone_number:
-        warnings.append(
-            "twilio.fallback_phone_number is empty: callers cannot be transferred to an agent; "
-            "they hear the no-answer prompt and the call ends."
-        )
-    if not settings.server.public_url:
-        warnings.append(
-            "server.public_url is empty: URLs are derived from each request, so signatures fail "
-            "behind a TLS-terminating proxy. Set it to the https URL Twilio calls."
-        )
-    if settings.server.softphone.enabled:
-        warnings.append(
-            "server.softphone.enabled is true: /softphone lets anyone holding "
-            "server.softphone.token talk to the bot through this gateway from a browser. "
-            "For development only; turn it off in production."
-        )
-    english = settings.language.code.lower().startswith("en")
-    if settings.stt.engine == "pocketsphinx" and not english:
-        warnings.append(
-            "stt.engine is pocketsphinx, which recognizes English only (language.code is "
-            f"{settings.language.code}): callers will not be understood. Use stt.engine=whisper "
-            "(the offline default) or google."
-        )
-    return warnings
+    twilio, server, stt = settings.twilio, settings.server, settings.stt
+    language = settings.language.code
+    warnings = {
+        "SECURITY: twilio.validate_signatures is false: Twilio signatures are NOT checked and "
+        "anyone can forge webhook and websocket requests. Never run like this in production.":
+            not twilio.validate_signatures,
+        "twilio.auth_token (TWILIO_AUTH_TOKEN) is empty: every webhook and websocket request "
+        "will be refused with 403 until it is set.":
+            twilio.validate_signatures and not twilio.auth_token,
+        "twilio.fallback_phone_number is empty: callers cannot be transferred to an agent; "
+        "they hear the no-answer prompt and the call ends.":
+            not twilio.fallback_phone_number,
+        "server.public_url is empty: URLs are derived from each request, so signatures fail "
+        "behind a TLS-terminating proxy. Set it to the https URL Twilio calls.":
+            not server.public_url,
+        "server.softphone.enabled is true: /softphone lets anyone holding "
+        "server.softphone.token talk to the bot through this gateway from a browser. "
+        "For development only; turn it off in production.":
+            server.softphone.enabled,
+        f"stt.engine is pocketsphinx, which recognizes English only (language.code is "
+        f"{language}): callers will not be understood. Use stt.engine=whisper (the offline "
+        "default) or google.":
+            stt.engine == "pocketsphinx" and not language.lower().startswith("en"),
+    }
+    return [warning for warning, applies in warnings.items() if applies]

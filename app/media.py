@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from starlette.requests import HTTPConnection
 from starlette.routing import WebSocketRoute
@@ -25,6 +25,7 @@ from app import security
 from app.config import Settings
 from app.gateway import Gateway
 from app.prompts import greeting_text
+from app.twiml import STREAM_PATH
 from streaming import metrics
 from streaming.ports import CallControl, CallEvents, CallInfo
 from streaming.protocol import Dtmf, Mark, Media, ProtocolError, Start, Stop, StreamState
@@ -34,7 +35,6 @@ from streaming.tasks import cancel_and_wait
 
 logger = logging.getLogger("app.media")
 
-STREAM_PATH = "/webhook/twilio/stream"
 LOGGED_REJECTIONS = 10  # per call; the rest are only counted, so garbage cannot flood the logs
 START_TIMEOUT_SECONDS = 10.0  # Twilio sends `start` at once; a silent socket is not kept open
 POLICY_VIOLATION = 1008
@@ -107,23 +107,22 @@ class MediaStreamEndpoint:
         return CallLink(gateway.call_control.for_base_url(str(conn.base_url)))
 
 
+@dataclass(eq=False)
 class _Stream:
     """One websocket's lifetime: before `start`, the call's session, and the cleanup."""
 
-    def __init__(self, conn: HTTPConnection, receive: Receive, send: Send, gateway: Gateway,
-                 link: Callable[[HTTPConnection, Gateway, CallInfo, SendText], CallLink]) -> None:
-        self.conn = conn
-        self.receive = receive
-        self.send = send
-        self.gateway = gateway
-        self.make_link = link
-        self.link: CallLink | None = None
-        self.state = StreamState()
-        self.session: CallSession | None = None
-        self.call_sid: str | None = None
-        self.rejected = 0
-        self.open = True  # neither side has closed the socket
-        self._watcher: asyncio.Task[None] | None = None
+    conn: HTTPConnection
+    receive: Receive
+    send: Send
+    gateway: Gateway
+    make_link: Callable[[HTTPConnection, Gateway, CallInfo, SendText], CallLink]
+    link: CallLink | None = None
+    state: StreamState = field(default_factory=StreamState)
+    session: CallSession | None = None
+    call_sid: str | None = None
+    rejected: int = 0
+    open: bool = True  # neither side has closed the socket
+    _watcher: asyncio.Task[None] | None = field(default=None, init=False)
 
     async def run(self) -> None:
         receive, parse = self.receive, self.state.parse

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import gc
 import logging
+import multiprocessing
 import os
 import signal
 import socket
@@ -16,7 +16,6 @@ from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
-from uvicorn._subprocess import get_subprocess
 from uvicorn.config import STARTUP_FAILURE
 
 from app import media, metrics, softphone, webhooks
@@ -125,8 +124,15 @@ def serve(settings: Settings, config_path: str | None = None,
     return 0 if server.started else STARTUP_FAILURE
 
 
+# Workers are spawned, not forked (the parent may already run threads): each imports the app
+# afresh, configures its own logging (create_app) and gets the shared socket pickled across.
+_SPAWN = multiprocessing.get_context("spawn")
+
+
 def _run_worker(config: uvicorn.Config, drain_timeout: float, sockets: list[socket.socket]) -> None:
-    DrainingServer(config, drain_timeout).run(sockets=sockets)
+    """A worker process's main: serve on the supervisor's socket until drained."""
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C reaches the workers too: no traceback
+        DrainingServer(config, drain_timeout).run(sockets=sockets)
 
 
 def _supervise(config: uvicorn.Config, drain_timeout: float) -> int:
@@ -144,8 +150,8 @@ def _supervise(config: uvicorn.Config, drain_timeout: float) -> int:
 
 
 def _run_workers(config: uvicorn.Config, drain_timeout: float, sock: socket.socket) -> int:
-    target = functools.partial(_run_worker, config, drain_timeout)
-    workers = [get_subprocess(config, target=target, sockets=[sock]) for _ in range(config.workers)]
+    workers = [_SPAWN.Process(target=_run_worker, args=(config, drain_timeout, [sock]))
+               for _ in range(config.workers)]
     for worker in workers:
         worker.start()
     running = list(workers)

@@ -1,8 +1,9 @@
-"""Fixed-duration chunks of 8 kHz mu-law: Twilio sends 20 ms frames, we send tens of ms each."""
+"""Twilio's audio: 8 kHz mu-law, one byte per sample, in fixed-duration chunks (Twilio sends 20 ms
+frames, we send tens of ms each). SAMPLE_RATE is the one place the telephone rate is written."""
 
 from __future__ import annotations
 
-SAMPLE_RATE = 8000
+SAMPLE_RATE = 8000  # Hz; mu-law: one byte per sample, so also bytes per second
 FRAME_MS = 20
 SILENCE = b"\xff"  # mu-law code for 0
 

@@ -13,10 +13,11 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
+from audio.framing import FRAME_MS, chunk_size
 from audio.vad import EnergyVad, VadEvent
 
-FRAME_BYTES = 160  # 20 ms of 8 kHz mu-law
-BYTES_PER_MS = 8
+FRAME_BYTES = chunk_size(FRAME_MS)
+BYTES_PER_MS = chunk_size(1)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,6 +1,7 @@
 """Energy voice-activity detection over 20 ms mu-law frames: two C calls and a few comparisons.
 
-Cheap enough to run inline for every inbound frame on the event loop (README.md, Architecture); a neural VAD per call would cost more than the whole frame path.
+Cheap enough to run inline for every inbound frame on the event loop (ARCHITECTURE.md, the
+per-frame path); a neural VAD per call would cost more than the whole frame path.
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import enum
 
 from audio import mulaw
+from audio.framing import SAMPLE_RATE
 
 
 class VadEvent(enum.Enum):
@@ -28,7 +30,7 @@ class EnergyVad:
                  "in_speech", "speech_ms", "quiet_ms", "_loud_ms", "_span_ms")
 
     def __init__(self, threshold: int = 500, start_ms: int = 60, hangover_ms: int = 600,
-                 sample_rate: int = 8000) -> None:
+                 sample_rate: int = SAMPLE_RATE) -> None:
         self.threshold = threshold
         self.start_ms = start_ms
         self.hangover_ms = hangover_ms

@@ -15,6 +15,7 @@ from typing import BinaryIO, Literal
 import numpy as np
 
 from audio import mulaw
+from audio.framing import SAMPLE_RATE
 from audio.resample import resample
 
 Encoding = Literal["pcm", "mulaw"]
@@ -130,9 +131,9 @@ def to_pcm16_mono(wav: Wav) -> bytes:
 
 def to_mulaw_8k(wav: Wav) -> bytes:
     """Raw 8 kHz mono mu-law, what Twilio streams: downmix, resample, encode."""
-    if wav.encoding == "mulaw" and wav.sample_rate == 8000 and wav.channels == 1:
+    if wav.encoding == "mulaw" and wav.sample_rate == SAMPLE_RATE and wav.channels == 1:
         return wav.data
-    return mulaw.encode(resample(to_pcm16_mono(wav), wav.sample_rate, 8000))
+    return mulaw.encode(resample(to_pcm16_mono(wav), wav.sample_rate, SAMPLE_RATE))
 
 
 def read_mulaw_8k(source: Source) -> bytes:
@@ -142,7 +143,7 @@ def read_mulaw_8k(source: Source) -> bytes:
 
 def mulaw_8k_wav(mulaw_audio: bytes) -> bytes:
     """Raw 8 kHz mu-law as a playable WAV file (for recordings of what a caller heard)."""
-    return encode(mulaw_audio, 8000, "mulaw")
+    return encode(mulaw_audio, SAMPLE_RATE, "mulaw")
 
 
 __all__ = ["Wav", "WavError", "read", "write", "encode", "to_pcm16_mono", "to_mulaw_8k",

@@ -27,6 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from audio import mulaw  # noqa: E402
 
+# The gateway's paths, written out: this baseline imports nothing of app/ (a bigger process is
+# slower at the same work, bench/README.md).
 STREAM_PATH = "/webhook/twilio/stream"
 
 

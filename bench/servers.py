@@ -75,16 +75,7 @@ def started(kind: Literal["bare", "gateway"], options: ServerOptions, rasa_url: 
     proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=root,
                             preexec_fn=lambda: os.sched_setaffinity(0, {SERVER_CORE}))
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{kind} server did not start; see {log.name}")
-            try:
-                if httpx.get(url + "/health", timeout=1, trust_env=False).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
+        wait_healthy(proc, url, 30, f"{kind} server (see {log.name})")
         yield Server(url, url, AUTH_TOKEN, psutil.Process(proc.pid))
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -94,3 +85,17 @@ def started(kind: Literal["bare", "gateway"], options: ServerOptions, rasa_url: 
             proc.kill()
             proc.wait()
         log.close()
+
+
+def wait_healthy(proc: subprocess.Popen[bytes], url: str, timeout: float, what: str) -> None:
+    """Until GET /health answers 200; RuntimeError naming `what` if `proc` exits or time is up."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"the {what} did not start")
+        try:
+            if httpx.get(url + "/health", timeout=1, trust_env=False).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)

@@ -53,6 +53,7 @@ from app.engines import build_stt  # noqa: E402
 from app.simulate import SimulationResult, Turn, load_wav, simulate_call  # noqa: E402
 from audio import wav  # noqa: E402
 from audio.segmenter import UtteranceSegmenter  # noqa: E402
+from bench.servers import wait_healthy  # noqa: E402
 from streaming.stt.whisper import WhisperSpeechToText  # noqa: E402
 
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -158,7 +159,7 @@ def loop_lag(engine: WhisperSpeechToText) -> None:
     print("\n2. event-loop lag while 6 utterances decode (5 ms timer)")
     audio = utterance(engine, "spanish_bloquear")
     pools: list[tuple[str, Any, Executor | None]] = [
-        ("thread pool (the engine's)", lambda a: engine.decode(a, "es"), engine._pool)]
+        ("thread pool (the engine's)", lambda a: engine.decode(a, "es"), engine.pool)]
     process_pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
                                        initializer=_process_init)
     process_pool.submit(_process_decode, audio).result()  # loaded and warm
@@ -190,9 +191,7 @@ class Arrivals:
         return len(self.bot.received_at)
 
     def of(self, call_sid: str) -> list[tuple[float, str]]:
-        with self.bot._lock:
-            return [(t, r["message"]) for t, r in zip(self.bot.received_at, self.bot.requests)
-                    if r["sender"] == call_sid]
+        return self.bot.received(call_sid)
 
 
 @contextmanager
@@ -209,17 +208,7 @@ def gateway(rasa_url: str, logs: Path) -> Iterator[psutil.Process]:
     proc = subprocess.Popen([sys.executable, "-m", "app", "serve", "--workers", "1"], cwd=ROOT,
                             env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the gateway did not start; see {log.name}")
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1,
-                             trust_env=False).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
+        wait_healthy(proc, f"http://127.0.0.1:{port}", 60, f"gateway (see {log.name})")
         process = psutil.Process(proc.pid)
         process.url = f"http://127.0.0.1:{port}"  # type: ignore[attr-defined]
         yield process

@@ -21,6 +21,7 @@ from typing import Any
 
 import orjson
 
+from audio.framing import SAMPLE_RATE
 from streaming.ports import CallInfo
 
 DTMF_KEYS = frozenset("0123456789*#")
@@ -201,19 +202,22 @@ def _stop(data: dict[str, Any]) -> Stop:
 _PARSERS = {"connected": _connected, "start": _start, "dtmf": _dtmf, "mark": _mark, "stop": _stop}
 
 
-def _obj(data: Mapping[str, Any], key: str, where: str = "") -> dict[str, Any]:
+def _present(data: Mapping[str, Any], key: str, where: str) -> Any:
     value = data.get(key)
     if value is None:
         raise ProtocolError("missing_field", f"{where}{key} is missing")
+    return value
+
+
+def _obj(data: Mapping[str, Any], key: str, where: str = "") -> dict[str, Any]:
+    value = _present(data, key, where)
     if not isinstance(value, dict):
         raise ProtocolError("bad_value", f"{where}{key} must be an object")
     return value
 
 
 def _str(data: Mapping[str, Any], key: str, where: str) -> str:
-    value = data.get(key)
-    if value is None:
-        raise ProtocolError("missing_field", f"{where}{key} is missing")
+    value = _present(data, key, where)
     if not isinstance(value, str) or not value:
         raise ProtocolError("bad_value", f"{where}{key} must be a non-empty string")
     return value
@@ -221,9 +225,7 @@ def _str(data: Mapping[str, Any], key: str, where: str) -> str:
 
 def _int(data: Mapping[str, Any], key: str, where: str) -> int:
     """Twilio sends numbers as strings ("sequenceNumber": "3"); both forms are accepted."""
-    value = data.get(key)
-    if value is None:
-        raise ProtocolError("missing_field", f"{where}{key} is missing")
+    value = _present(data, key, where)
     if isinstance(value, bool) or not isinstance(value, (int, str)):
         raise ProtocolError("bad_value", f"{where}{key} must be an integer")
     try:
@@ -256,7 +258,7 @@ class StreamState:
             if start is not None:
                 raise ProtocolError("duplicate_start", "the stream has already started")
             fmt = event.media_format
-            if (fmt.encoding, fmt.sample_rate, fmt.channels) != (SUPPORTED_ENCODING, 8000, 1):
+            if (fmt.encoding, fmt.sample_rate, fmt.channels) != (SUPPORTED_ENCODING, SAMPLE_RATE, 1):
                 raise ProtocolError("unsupported_media_format",
                                     f"{fmt.encoding} {fmt.sample_rate} Hz x{fmt.channels}")
             self.start = event

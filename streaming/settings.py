@@ -13,80 +13,49 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Protocol
+from typing import Annotated, Any
 
 from streaming.protocol import DTMF_KEYS
 
 
-class Limit(Protocol):
-    def problem(self, value: Any) -> str | None:
-        """What is wrong with `value` ("must be ..., got ..."), or None when it is within."""
-
-
-@dataclass(frozen=True, slots=True)
-class Between:
-    low: float
-    high: float
-
-    def problem(self, value: float) -> str | None:
-        if self.low <= value <= self.high:
-            return None
-        return f"must be between {self.low} and {self.high}, got {value}"
-
-
-@dataclass(frozen=True, slots=True)
-class AtLeast:
-    low: float
-
-    def problem(self, value: float) -> str | None:
-        if value >= self.low:
-            return None
-        if self.low == 0:
-            return f"must not be negative, got {value}"
-        return f"must be at least {self.low}, got {value}"
-
-
-@dataclass(frozen=True, slots=True)
-class Above:
-    low: float
-
-    def problem(self, value: float) -> str | None:
-        return None if value > self.low else f"must be greater than {self.low}, got {value}"
-
-
-@dataclass(frozen=True, slots=True)
-class Below:
-    high: float
-    reason: str = ""  # what the bound is, when a bare number would not say
-
-    def problem(self, value: float) -> str | None:
-        if value < self.high:
-            return None
-        return f"must be under {self.reason or self.high}, got {value}"
-
-
-@dataclass(frozen=True, slots=True)
-class MultipleOf:
-    step: int
-
-    def problem(self, value: int) -> str | None:
-        return None if value % self.step == 0 else f"must be a multiple of {self.step}, got {value}"
-
-
 @dataclass(frozen=True, slots=True)
 class Rule:
-    """Any other condition on one field: `Rule(is_dtmf_key, "one DTMF key (0-9, * or #)")`."""
+    """A condition on one field's value, and what to tell an operator when it does not hold:
+    `Rule(is_dtmf_key, "must be one DTMF key (0-9, * or #)")`. The loader (app/config_loader.py)
+    checks every Rule of a field's `Annotated` type."""
 
     holds: Callable[[Any], bool]
-    expected: str
+    requirement: str
 
     def problem(self, value: Any) -> str | None:
-        return None if self.holds(value) else f"must be {self.expected}, got {value!r}"
+        return None if self.holds(value) else f"{self.requirement}, got {value!r}"
 
 
-PositiveInt = Annotated[int, Above(0)]
-PositiveFloat = Annotated[float, Above(0)]
-NonNegativeInt = Annotated[int, AtLeast(0)]
+def between(low: float, high: float) -> Rule:
+    return Rule(lambda value: low <= value <= high, f"must be between {low} and {high}")
+
+
+def at_least(low: float) -> Rule:
+    return Rule(lambda value: value >= low,
+                f"must be at least {low}" if low else "must not be negative")
+
+
+def above(low: float) -> Rule:
+    return Rule(lambda value: value > low, f"must be greater than {low}")
+
+
+def below(high: float, what: str = "") -> Rule:
+    """`what`: the bound in words, when a bare number would not say why."""
+    return Rule(lambda value: value < high, f"must be under {what or high}")
+
+
+def multiple_of(step: int) -> Rule:
+    return Rule(lambda value: value % step == 0, f"must be a multiple of {step}")
+
+
+PositiveInt = Annotated[int, above(0)]
+PositiveFloat = Annotated[float, above(0)]
+NonNegativeInt = Annotated[int, at_least(0)]
 
 
 def is_dtmf_key(key: str) -> bool:
@@ -103,9 +72,9 @@ class CallSettings:
     # Caller speech must last this long during playback to interrupt the bot.
     barge_in_min_speech_ms: NonNegativeInt = 240
     dtmf_timeout_seconds: PositiveFloat = 3.0
-    dtmf_finish_key: Annotated[str, Rule(is_dtmf_key, "one DTMF key (0-9, * or #)")] = "#"
+    dtmf_finish_key: Annotated[str, Rule(is_dtmf_key, "must be one DTMF key (0-9, * or #)")] = "#"
     # Outbound audio per media message: whole 20 ms frames.
-    outbound_chunk_ms: Annotated[int, Above(0), MultipleOf(20)] = 40
+    outbound_chunk_ms: Annotated[int, above(0), multiple_of(20)] = 40
 
 
 @dataclass(frozen=True, slots=True)

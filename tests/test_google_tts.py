@@ -10,7 +10,7 @@ import pytest
 from google.cloud.texttospeech_v1.types import AudioEncoding, SsmlVoiceGender
 
 from streaming.ports import SynthesisError
-from streaming.tts.google import GoogleTextToSpeech, split_sentences, strip_wav_header
+from streaming.tts.google import GoogleTextToSpeech, strip_wav_header
 from tests.support.google_fakes import FakeTextToSpeechServer, wav_mulaw
 from tests.support.servers import free_port
 
@@ -42,10 +42,6 @@ async def engine(server: FakeTextToSpeechServer) -> AsyncIterator[GoogleTextToSp
 
 async def collect(tts: GoogleTextToSpeech, text: str, language: str = "es-ES") -> list[bytes]:
     return [chunk async for chunk in tts.synthesize(text, language)]
-
-
-def our_tasks() -> list[asyncio.Task[object]]:
-    return [t for t in asyncio.all_tasks() if "_synthesize_one" in repr(t.get_coro())]
 
 
 async def test_request_fields_and_raw_mulaw(
@@ -100,55 +96,23 @@ def test_strip_wav_header_rejects_what_is_not_mulaw_8k(bad: bytes) -> None:
         strip_wav_header(bad)
 
 
-def test_split_sentences() -> None:
-    assert split_sentences(f"  {FIRST} {SECOND} ") == [FIRST, SECOND]
-    assert split_sentences("Sr. García, su tarjeta está bloqueada. Adiós.") == [
-        "Sr. García, su tarjeta está bloqueada. Adiós."
-    ]
-    assert split_sentences("Le paso con un ejecutivo. ¡Un momento! ¿Sigue ahí?") == [
-        "Le paso con un ejecutivo.", "¡Un momento! ¿Sigue ahí?"
-    ]
-    assert split_sentences("Son 1.500 euros.") == ["Son 1.500 euros."]
-    assert split_sentences("Hola") == ["Hola"]
-    assert split_sentences("   ") == []
-
-
-async def test_first_sentence_is_heard_while_the_next_is_synthesized(
+async def test_a_text_is_one_request_never_split_again(
     server: FakeTextToSpeechServer, engine: GoogleTextToSpeech
 ) -> None:
-    second_done = server.gate(SECOND)
-    chunks = engine.synthesize(f"{FIRST} {SECOND}", "es-ES")
-    async with asyncio.timeout(10):
-        assert await anext(chunks) == FIRST.encode()  # while the second is held by the server
-        await server.arrival(SECOND).wait()  # already requested: prefetched, not on demand
-        assert not second_done.is_set()
-        second_done.set()
-        assert await anext(chunks) == SECOND.encode()
-        with pytest.raises(StopAsyncIteration):
-            await anext(chunks)
-    assert server.texts() == [FIRST, SECOND]
-
-
-async def test_stopping_early_cancels_the_prefetch(
-    server: FakeTextToSpeechServer, engine: GoogleTextToSpeech
-) -> None:
-    server.gate(SECOND)
-    chunks = engine.synthesize(f"{FIRST} {SECOND}", "es-ES")
-    assert await anext(chunks) == FIRST.encode()
-    await asyncio.wait_for(server.arrival(SECOND).wait(), 10)
-    await chunks.aclose()
-    assert our_tasks() == []
+    # The session hands over one sentence at a time; a text with several is still one request.
+    assert await collect(engine, f"  {FIRST} {SECOND} ") == [f"{FIRST} {SECOND}".encode()]
+    assert server.texts() == [f"{FIRST} {SECOND}"]
+    assert await collect(engine, "   ") == []
+    assert server.texts() == [f"{FIRST} {SECOND}"]
 
 
 async def test_server_error_is_a_synthesis_error(
     server: FakeTextToSpeechServer, engine: GoogleTextToSpeech
 ) -> None:
     server.fail.add(SECOND)
-    chunks = engine.synthesize(f"{FIRST} {SECOND}", "es-ES")
-    assert await anext(chunks) == FIRST.encode()
+    assert await collect(engine, FIRST) == [FIRST.encode()]
     with pytest.raises(SynthesisError, match="INVALID_ARGUMENT"):
-        await anext(chunks)
-    assert our_tasks() == []
+        await collect(engine, SECOND)
 
 
 async def test_timeout_is_a_synthesis_error(server: FakeTextToSpeechServer) -> None:

@@ -1,4 +1,8 @@
-"""CachedTextToSpeech in front of the real Google engine and a local TextToSpeech server."""
+"""CachedTextToSpeech in front of the real Google engine and a local TextToSpeech server.
+
+The cache streams what its engine yields while the engine is still at work; to hold a synthesis
+between two chunks, BOTH is synthesized as its two sentences, one Google request each (as espeak
+streams a long text, and as the session asks for one sentence after the other)."""
 
 from __future__ import annotations
 
@@ -44,9 +48,27 @@ async def server() -> AsyncIterator[FakeTextToSpeechServer]:
         yield fake
 
 
+class TwoSentences:
+    """The Google engine, BOTH being two requests in turn: audio while the rest is being made."""
+
+    name = "google"
+
+    def __init__(self, google: TwoSentences) -> None:
+        self.google = google
+
+    async def synthesize(self, text: str, language: str) -> AsyncIterator[bytes]:
+        for sentence in (FIRST, SECOND) if text == BOTH else (text,):
+            async for chunk in self.google.synthesize(sentence, language):
+                yield chunk
+
+    async def aclose(self) -> None:
+        await self.google.aclose()
+
+
 @pytest.fixture
-async def google(server: FakeTextToSpeechServer) -> AsyncIterator[GoogleTextToSpeech]:
-    tts = GoogleTextToSpeech(endpoint=server.address, insecure=True, timeout_seconds=5)
+async def google(server: FakeTextToSpeechServer) -> AsyncIterator[TwoSentences]:
+    tts = TwoSentences(GoogleTextToSpeech(endpoint=server.address, insecure=True,
+                                          timeout_seconds=5))
     yield tts
     await tts.aclose()
 
@@ -64,7 +86,7 @@ def flight_tasks() -> list[asyncio.Task[object]]:
 
 
 async def test_second_request_is_served_from_memory(
-    server: FakeTextToSpeechServer, google: GoogleTextToSpeech
+    server: FakeTextToSpeechServer, google: TwoSentences
 ) -> None:
     cache = CachedTextToSpeech(google, size=8)
     counts = Counts()
@@ -79,7 +101,7 @@ async def test_second_request_is_served_from_memory(
 
 
 async def test_least_recently_used_entry_is_evicted(
-    server: FakeTextToSpeechServer, google: GoogleTextToSpeech
+    server: FakeTextToSpeechServer, google: TwoSentences
 ) -> None:
     cache = CachedTextToSpeech(google, size=2)
     for text in ("Primera respuesta.", "Segunda respuesta.", "Primera respuesta."):
@@ -95,7 +117,7 @@ async def test_least_recently_used_entry_is_evicted(
 
 
 async def test_bytes_are_bounded_too(
-    server: FakeTextToSpeechServer, google: GoogleTextToSpeech
+    server: FakeTextToSpeechServer, google: TwoSentences
 ) -> None:
     texts = ["Primera respuesta.", "Segunda respuesta.", "Tercera respuesta."]
     one = len(audio(texts[0]))
@@ -108,7 +130,7 @@ async def test_bytes_are_bounded_too(
 
 
 async def test_size_zero_caches_nothing(
-    server: FakeTextToSpeechServer, google: GoogleTextToSpeech
+    server: FakeTextToSpeechServer, google: TwoSentences
 ) -> None:
     cache = CachedTextToSpeech(google, size=0)
     await say(cache, FIRST)
@@ -117,7 +139,7 @@ async def test_size_zero_caches_nothing(
 
 
 async def test_concurrent_requests_share_one_synthesis(
-    server: FakeTextToSpeechServer, google: GoogleTextToSpeech
+    server: FakeTextToSpeechServer, google: TwoSentences
 ) -> None:
     cache = CachedTextToSpeech(google, size=8)
     counts = Counts()
@@ -142,7 +164,7 @@ async def test_concurrent_requests_share_one_synthesis(
 
 
 async def test_errors_are_not_cached(
-    server: FakeTextToSpeechServer, google: GoogleTextToSpeech
+    server: FakeTextToSpeechServer, google: TwoSentences
 ) -> None:
     cache = CachedTextToSpeech(google, size=8)
     server.fail.add(FIRST)
@@ -154,7 +176,7 @@ async def test_errors_are_not_cached(
 
 
 async def test_shared_error_reaches_every_listener(
-    server: FakeTextToSpeechServer, google: GoogleTextToSpeech
+    server: FakeTextToSpeechServer, google: TwoSentences
 ) -> None:
     cache = CachedTextToSpeech(google, size=8)
     server.fail.add(FIRST)
@@ -168,7 +190,7 @@ async def test_shared_error_reaches_every_listener(
 
 
 async def test_abandoned_synthesis_is_cancelled_and_not_cached(
-    server: FakeTextToSpeechServer, google: GoogleTextToSpeech
+    server: FakeTextToSpeechServer, google: TwoSentences
 ) -> None:
     cache = CachedTextToSpeech(google, size=8)
     release = server.gate(SECOND)
@@ -183,7 +205,7 @@ async def test_abandoned_synthesis_is_cancelled_and_not_cached(
 
 
 async def test_request_arriving_while_an_abandoned_synthesis_stops_gets_its_own(
-    server: FakeTextToSpeechServer, google: GoogleTextToSpeech
+    server: FakeTextToSpeechServer, google: TwoSentences
 ) -> None:
     """The last listener left (barge-in); another call asks for the same text before the
     abandoned synthesis has finished stopping: it must not inherit that synthesis' cancellation."""
@@ -201,7 +223,7 @@ async def test_request_arriving_while_an_abandoned_synthesis_stops_gets_its_own(
 
 
 async def test_cancelled_listener_does_not_stop_the_others(
-    server: FakeTextToSpeechServer, google: GoogleTextToSpeech
+    server: FakeTextToSpeechServer, google: TwoSentences
 ) -> None:
     cache = CachedTextToSpeech(google, size=8)
     release = server.gate(SECOND)
@@ -217,7 +239,7 @@ async def test_cancelled_listener_does_not_stop_the_others(
 
 
 async def test_warm_presynthesizes_and_logs_failures(
-    server: FakeTextToSpeechServer, google: GoogleTextToSpeech, caplog: pytest.LogCaptureFixture
+    server: FakeTextToSpeechServer, google: TwoSentences, caplog: pytest.LogCaptureFixture
 ) -> None:
     cache = CachedTextToSpeech(google, size=8)
     server.fail.add("Esto falla siempre.")
@@ -231,7 +253,7 @@ async def test_warm_presynthesizes_and_logs_failures(
 
 
 async def test_aclose_cancels_running_syntheses(
-    server: FakeTextToSpeechServer, google: GoogleTextToSpeech
+    server: FakeTextToSpeechServer, google: TwoSentences
 ) -> None:
     cache = CachedTextToSpeech(google, size=8)
     server.gate(FIRST)

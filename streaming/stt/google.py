@@ -29,13 +29,15 @@ from google.cloud.speech_v1.types import (
 )
 from prometheus_client import Counter
 
+from audio.framing import SAMPLE_RATE, chunk_size
 from streaming.google_client import build_client, describe
 from streaming.ports import SpeechError, Transcript
+from streaming.stt.results import TranscriptQueue
 from streaming.tasks import cancel_and_wait
 
 logger = logging.getLogger(__name__)
 
-BYTES_PER_MS = 8  # mu-law, 8000 samples per second, one byte each
+BYTES_PER_MS = chunk_size(1)  # mu-law: one byte per sample
 REQUEST_BYTES = 800  # 100 ms per request, as Google recommends for streaming
 # Unsent audio beyond the carried-over audio at which the writer is taken to be stuck.
 MAX_BEHIND_BYTES = 60 * 1000 * BYTES_PER_MS
@@ -48,7 +50,6 @@ STREAM_RESTARTS = Counter(
 )
 
 _STREAM_ERRORS = (google_exceptions.GoogleAPICallError, grpc.RpcError)
-_END = object()
 
 
 class _StreamFailed(Exception):
@@ -112,7 +113,7 @@ class GoogleSpeechToText:
     def config_request(self, language: str) -> StreamingRecognizeRequest:
         config = RecognitionConfig(
             encoding=RecognitionConfig.AudioEncoding.MULAW,
-            sample_rate_hertz=8000,
+            sample_rate_hertz=SAMPLE_RATE,
             audio_channel_count=1,
             language_code=language,
             model=self.model,
@@ -146,7 +147,7 @@ class GoogleRecognitionStream:
         self._start = 0
         self._sent = 0  # bytes of `_audio` already written to the current Google stream
         self._more = asyncio.Event()
-        self._out: asyncio.Queue[Transcript | SpeechError | object] = asyncio.Queue()
+        self._transcripts = TranscriptQueue()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         self._failed = False
@@ -167,23 +168,15 @@ class GoogleRecognitionStream:
             self._more.set()  # wake the writer per 100 ms, not per 20 ms frame
         self._ensure_started()
 
-    async def results(self) -> AsyncIterator[Transcript]:
+    def results(self) -> AsyncIterator[Transcript]:
         self._ensure_started()
-        while True:
-            item = await self._out.get()
-            if item is _END:
-                self._out.put_nowait(_END)  # later iterations end too
-                return
-            if isinstance(item, SpeechError):
-                raise item
-            assert isinstance(item, Transcript)
-            yield item
+        return self._transcripts.results()
 
     async def close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        self._out.put_nowait(_END)
+        self._transcripts.close()
         task, self._task = self._task, None
         if task is not None:
             await cancel_and_wait(task)
@@ -231,8 +224,7 @@ class GoogleRecognitionStream:
         logger.error(reason, extra={"event": "stt_failed"})
         self._failed = True
         self._audio.clear()
-        self._out.put_nowait(SpeechError(reason))
-        self._out.put_nowait(_END)
+        self._transcripts.fail(SpeechError(reason))
 
     async def _one_stream(self) -> None:
         """Run one Google stream until the restart deadline; raise _StreamFailed when it breaks."""
@@ -323,4 +315,5 @@ class GoogleRecognitionStream:
     ) -> None:
         self._last_end_ms = max(self._last_end_ms, end // BYTES_PER_MS)
         if text:
-            self._out.put_nowait(Transcript(text, is_final, confidence, start_ms, self._last_end_ms))
+            self._transcripts.put(Transcript(text, is_final, confidence, start_ms,
+                                             self._last_end_ms))

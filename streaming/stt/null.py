@@ -9,13 +9,15 @@ It never listens to the audio. It emits a final transcript (`text`, "hola" by de
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 
+from audio.framing import chunk_size
 from streaming.ports import Transcript
+from streaming.stt.results import TranscriptQueue
+
+BYTES_PER_MS = chunk_size(1)  # 8 kHz mu-law: one byte per sample
 
 MARKER = b"\x00" * 80
-_END = object()
 
 
 class NullSpeechToText:
@@ -23,7 +25,7 @@ class NullSpeechToText:
 
     def __init__(self, *, text: str = "hola", every_ms: int = 0, marker: bool = True) -> None:
         self.text = text
-        self.every_bytes = every_ms * 8
+        self.every_bytes = every_ms * BYTES_PER_MS
         self.marker = marker
 
     def open(self, language: str) -> NullRecognitionStream:
@@ -38,7 +40,7 @@ class NullRecognitionStream:
         self._engine = engine
         self._fed = 0  # bytes = samples at 8 kHz
         self._armed = True  # a marker split over two batches counts once
-        self._out: asyncio.Queue[Transcript | object] = asyncio.Queue()
+        self._transcripts = TranscriptQueue()
         self._closed = False
 
     def feed(self, mulaw: bytes) -> None:
@@ -57,18 +59,13 @@ class NullRecognitionStream:
 
     def _final(self, start: int) -> None:
         text = self._engine.text
-        self._out.put_nowait(Transcript(text, True, 1.0, max(start, 0) // 8, self._fed // 8))
+        self._transcripts.put(Transcript(text, True, 1.0, max(start, 0) // BYTES_PER_MS,
+                                         self._fed // BYTES_PER_MS))
 
-    async def results(self) -> AsyncIterator[Transcript]:
-        while True:
-            item = await self._out.get()
-            if item is _END:
-                self._out.put_nowait(_END)
-                return
-            assert isinstance(item, Transcript)
-            yield item
+    def results(self) -> AsyncIterator[Transcript]:
+        return self._transcripts.results()
 
     async def close(self) -> None:
         if not self._closed:
             self._closed = True
-            self._out.put_nowait(_END)
+            self._transcripts.close()

@@ -42,12 +42,13 @@ from typing import Any
 import pocketsphinx
 
 from audio import mulaw
+from audio.framing import SAMPLE_RATE
 from audio.resample import StreamResampler
 from streaming.ports import SpeechError, Transcript
+from streaming.stt.results import TranscriptQueue
 
 logger = logging.getLogger(__name__)
 
-SAMPLE_RATE = 8000
 DECODER_RATE = 16000
 # Speech waiting for a busy worker (16-bit PCM at 8 kHz) at which the call's recognition fails.
 MAX_BEHIND_BYTES = 60 * SAMPLE_RATE * 2
@@ -63,7 +64,6 @@ PHONES = (
 TELEPHONE_CMN = "45.2,22.6,-40.2,40.7,-30.3,0.1,9.8,-33.1,19.9,-16.8,3.0,8.2,-16.1"
 _GARBAGE = "_"  # prefix of the phone "words"; phrase words are letters and apostrophes only
 _WORD = re.compile(r"[a-z']+")
-_END = object()
 
 # ("start", ms) | ("audio", pcm16 at 8 kHz) | ("end", ms): what a worker is asked to do.
 Op = tuple[str, Any]
@@ -235,7 +235,7 @@ class PocketsphinxRecognitionStream:
         self._audio_bytes = 0
         self._job: asyncio.Future[list[Result]] | None = None
         self._touched = False  # the worker holds state for this stream
-        self._out: asyncio.Queue[Transcript | SpeechError | object] = asyncio.Queue()
+        self._transcripts = TranscriptQueue()
         self._closed = False
         self._failed = False
 
@@ -325,7 +325,7 @@ class PocketsphinxRecognitionStream:
                     "event": "stt_rejected", "start_ms": start_ms, "end_ms": end_ms})
                 continue
             text = self._engine.phrases.get(text, text)  # a phrase as configured
-            self._out.put_nowait(Transcript(text, kind == "final", None, start_ms, end_ms))
+            self._transcripts.put(Transcript(text, kind == "final", None, start_ms, end_ms))
         self._submit()
 
     def _fail(self, exc: BaseException) -> None:
@@ -335,18 +335,10 @@ class PocketsphinxRecognitionStream:
         if isinstance(exc, BrokenProcessPool):
             self._worker.broken = True
         logger.error("pocketsphinx recognition failed: %r", exc, extra={"event": "stt_failed"})
-        self._out.put_nowait(SpeechError(f"pocketsphinx recognition failed: {exc!r}"))
+        self._transcripts.fail(SpeechError(f"pocketsphinx recognition failed: {exc!r}"))
 
-    async def results(self) -> AsyncIterator[Transcript]:
-        while True:
-            item = await self._out.get()
-            if item is _END or isinstance(item, SpeechError):
-                self._out.put_nowait(item)  # later iterations end the same way
-                if isinstance(item, SpeechError):
-                    raise item
-                return
-            assert isinstance(item, Transcript)
-            yield item
+    def results(self) -> AsyncIterator[Transcript]:
+        return self._transcripts.results()
 
     async def close(self) -> None:
         """Ends `results`; speech still in progress is dropped (the caller is gone)."""
@@ -366,7 +358,7 @@ class PocketsphinxRecognitionStream:
             self._worker.streams -= 1
             self._ops.clear()
             self._audio.clear()
-            self._out.put_nowait(_END)
+            self._transcripts.close()
 
 
 # -- worker process side -------------------------------------------------------------------

@@ -41,9 +41,11 @@ from faster_whisper import WhisperModel
 from prometheus_client import Histogram
 
 from audio import mulaw
+from audio.framing import SAMPLE_RATE
 from audio.resample import resample
 from audio.segmenter import Utterance, UtteranceSegmenter
 from streaming.ports import SpeechError, Transcript
+from streaming.stt.results import TranscriptQueue
 from streaming.stt import whisper_model
 from streaming.stt.whisper_model import ModelError
 
@@ -58,7 +60,6 @@ MIN_TOKENS = 12
 MAX_NO_SPEECH_PROB = 0.6
 MIN_AVG_LOGPROB = -1.0
 MAX_COMPRESSION_RATIO = 2.4
-_END = object()
 
 _BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0)
 QUEUE_WAIT = Histogram("stt_whisper_queue_seconds",
@@ -122,7 +123,8 @@ class WhisperSpeechToText:
         self.energy_threshold = energy_threshold
         # The phrase hints steer the decoder as a prompt (text it takes as what came before).
         self.prompt = ", ".join(hint.strip() for hint in phrase_hints if hint.strip()) or None
-        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="whisper")
+        # The decoding pool every call's stream shares.
+        self.pool = ThreadPoolExecutor(workers, thread_name_prefix="whisper")
         logging.getLogger("faster_whisper").setLevel(logging.WARNING)  # a line per utterance
         self._closed = False
 
@@ -138,7 +140,7 @@ class WhisperSpeechToText:
             QUEUE_WAIT.observe(started - queued_at)
             if started - queued_at > self.max_queue_seconds:
                 return Decoded("", behind=True)
-        pcm = resample(mulaw.decode(audio), 8000, MODEL_RATE)
+        pcm = resample(mulaw.decode(audio), SAMPLE_RATE, MODEL_RATE)
         samples = np.frombuffer(pcm, dtype=np.int16).astype(np.float32) / 32768.0
         seconds = len(samples) / MODEL_RATE
         segments, _ = self.model.transcribe(
@@ -175,7 +177,7 @@ class WhisperSpeechToText:
 
     async def aclose(self) -> None:
         self._closed = True
-        await asyncio.to_thread(self._pool.shutdown, wait=True, cancel_futures=True)
+        await asyncio.to_thread(self.pool.shutdown, wait=True, cancel_futures=True)
 
 
 class WhisperRecognitionStream:
@@ -192,12 +194,10 @@ class WhisperRecognitionStream:
         self._loop = asyncio.get_running_loop()
         # Decodes in the order the utterances were spoken; results leave in that order.
         self._jobs: deque[tuple[Utterance, asyncio.Future[Decoded]]] = deque()
-        self._out: asyncio.Queue[Transcript | SpeechError | object] = asyncio.Queue()
-        self._closed = False
-        self._failed = False
+        self._transcripts = TranscriptQueue()  # its end is this stream's: closed or failed
 
     def feed(self, mulaw_audio: bytes) -> None:
-        if self._closed or self._failed:
+        if self._transcripts.ended:
             return
         for utterance in self._segmenter.push(mulaw_audio):
             self._submit(utterance)
@@ -205,7 +205,7 @@ class WhisperRecognitionStream:
     def _submit(self, utterance: Utterance) -> None:
         engine = self._engine
         try:
-            job = self._loop.run_in_executor(engine._pool, engine.decode, utterance.audio,
+            job = self._loop.run_in_executor(engine.pool, engine.decode, utterance.audio,
                                              self._language, time.monotonic())
         except RuntimeError as exc:  # the pool was shut down
             self._fail(f"the decoding pool is closed: {exc}")
@@ -217,7 +217,7 @@ class WhisperRecognitionStream:
         jobs = self._jobs
         while jobs and jobs[0][1].done():
             utterance, job = jobs.popleft()
-            if job.cancelled() or self._failed:
+            if job.cancelled() or self._transcripts.ended:
                 continue
             if job.exception() is not None:
                 self._fail(f"decoding failed: {job.exception()!r}")
@@ -228,40 +228,30 @@ class WhisperRecognitionStream:
                            "s behind the callers")
             elif result.text:
                 end_ms = utterance.speech_end_ms
-                self._out.put_nowait(Transcript(result.text, True, result.confidence,
-                                                utterance.start_ms, end_ms))
+                self._transcripts.put(Transcript(result.text, True, result.confidence,
+                                                 utterance.start_ms, end_ms))
             else:
                 logger.info("utterance gave no transcript: %s", result.rejected, extra={
                     "event": "stt_rejected", "start_ms": utterance.start_ms,
                     "end_ms": utterance.speech_end_ms, "reason": result.rejected})
 
     def _fail(self, reason: str) -> None:
-        if self._failed:
+        if self._transcripts.ended:
             return
-        self._failed = True
         for _, job in self._jobs:
             job.cancel()  # a decode not started yet is not worth its CPU any more
         logger.error("whisper recognition failed: %s", reason, extra={"event": "stt_failed"})
-        self._out.put_nowait(SpeechError(f"whisper recognition failed: {reason}"))
+        self._transcripts.fail(SpeechError(f"whisper recognition failed: {reason}"))
 
-    async def results(self) -> AsyncIterator[Transcript]:
-        while True:
-            item = await self._out.get()
-            if item is _END or isinstance(item, SpeechError):
-                self._out.put_nowait(item)  # later iterations end the same way
-                if isinstance(item, SpeechError):
-                    raise item
-                return
-            assert isinstance(item, Transcript)
-            yield item
+    def results(self) -> AsyncIterator[Transcript]:
+        return self._transcripts.results()
 
     async def close(self) -> None:
         """Ends `results`; speech in progress is dropped, and so are the decodes of this call
         (one already under way finishes on its pool thread and is discarded)."""
-        if self._closed:
+        if self._transcripts.ended:
             return
-        self._closed = True
         for _, job in self._jobs:
             job.cancel()
         self._jobs.clear()
-        self._out.put_nowait(_END)
+        self._transcripts.close()

@@ -16,10 +16,10 @@ import subprocess
 from collections.abc import AsyncIterator
 
 from audio import mulaw
+from audio.framing import SAMPLE_RATE
 from audio.resample import StreamResampler
 from streaming.ports import SynthesisError
 
-SAMPLE_RATE = 8000
 _READ_BYTES = 16384  # ~0.37 s of espeak's 22050 Hz audio
 _PCM = 1
 

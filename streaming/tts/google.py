@@ -1,17 +1,16 @@
-"""Google Text-to-Speech v1 synthesis straight to mu-law 8 kHz, one sentence at a time.
+"""Google Text-to-Speech v1 synthesis straight to mu-law 8 kHz: one request per text.
 
-The text is split into sentences; while the caller hears one sentence the next one is already
-being synthesized, so the first audio comes after one short request, not after the whole reply.
+The session already hands the synthesizer one sentence at a time, and synthesizes the next one
+while the caller hears this one (streaming/playback.py), so the first audio comes after one short
+request; this engine never splits again.
 
 Streaming synthesis (`streaming_synthesize`) is not used: it only serves Chirp 3 HD voices, takes
-neither pitch nor volume gain nor a voice gender, and the sentence prefetch already bounds the
-wait for the first audio by the first sentence, which is what a phone prompt needs.
+neither pitch nor volume gain nor a voice gender, and the sentence-by-sentence playback already
+bounds the wait for the first audio by the first sentence, which is what a phone prompt needs.
 """
 
 from __future__ import annotations
 
-import asyncio
-import re
 import struct
 from collections.abc import AsyncIterator
 
@@ -31,33 +30,12 @@ from google.cloud.texttospeech_v1.types import (
     VoiceSelectionParams,
 )
 
+from audio.framing import SAMPLE_RATE
 from streaming.google_client import build_client, describe
 from streaming.ports import SynthesisError
-from streaming.tasks import cancel_and_wait
 
-_SENTENCE_END = re.compile(r"(?<=[.!?…])\s+")
-_MIN_SENTENCE_CHARS = 12  # shorter pieces ("Sr.", "Adiós.") ride along with a neighbour
 _WAVE_FORMAT_MULAW = 7
 _ERRORS = (google_exceptions.GoogleAPICallError, grpc.RpcError, auth_exceptions.GoogleAuthError)
-
-
-def split_sentences(text: str) -> list[str]:
-    """Sentences to synthesize one by one; very short pieces are merged with their neighbour."""
-    sentences: list[str] = []
-    carry = ""
-    for piece in _SENTENCE_END.split(text.strip()):
-        piece = f"{carry} {piece}".strip() if carry else piece.strip()
-        if len(piece) < _MIN_SENTENCE_CHARS:
-            carry = piece
-            continue
-        sentences.append(piece)
-        carry = ""
-    if carry:
-        if sentences:
-            sentences[-1] = f"{sentences[-1]} {carry}"
-        else:
-            sentences.append(carry)
-    return sentences
 
 
 def strip_wav_header(audio: bytes) -> bytes:
@@ -80,10 +58,10 @@ def _wav_data(audio: bytes) -> bytes:
         body = position + 8
         if chunk_id == b"fmt ":
             (format_tag, channels, rate) = struct.unpack_from("<HHI", audio, body)
-            if (format_tag, channels, rate) != (_WAVE_FORMAT_MULAW, 1, 8000):
+            if (format_tag, channels, rate) != (_WAVE_FORMAT_MULAW, 1, SAMPLE_RATE):
                 raise SynthesisError(
                     f"synthesized audio is format {format_tag}, {channels} channel(s), {rate} Hz;"
-                    " expected mu-law mono 8000 Hz"
+                    f" expected mu-law mono {SAMPLE_RATE} Hz"
                 )
         elif chunk_id == b"data":
             return audio[body : body + size]  # a streaming-style size past the end means "all"
@@ -112,7 +90,7 @@ class GoogleTextToSpeech:
         self.ssml_gender = SsmlVoiceGender[ssml_gender]
         self.audio_config = AudioConfig(
             audio_encoding=AudioEncoding.MULAW,
-            sample_rate_hertz=8000,
+            sample_rate_hertz=SAMPLE_RATE,
             speaking_rate=speaking_rate,
             pitch=pitch,
             volume_gain_db=volume_gain_db,
@@ -135,25 +113,15 @@ class GoogleTextToSpeech:
         return self._client
 
     async def synthesize(self, text: str, language: str) -> AsyncIterator[bytes]:
-        """One chunk per sentence; the next sentence is requested while this one is consumed."""
-        sentences = split_sentences(text)
-        if not sentences:
-            return
-        loop = asyncio.get_running_loop()
-        pending = loop.create_task(self._synthesize_one(sentences[0], language))
-        try:
-            for index in range(len(sentences)):
-                audio = await pending
-                if index + 1 < len(sentences):
-                    pending = loop.create_task(self._synthesize_one(sentences[index + 1], language))
-                if audio:
-                    yield audio
-        finally:
-            await cancel_and_wait(pending)  # the prefetch nobody will hear (no-op when finished)
+        """The whole text's audio in one chunk (the session sends one sentence at a time)."""
+        if text.strip():
+            audio = await self._synthesize_one(text.strip(), language)
+            if audio:
+                yield audio
 
-    async def _synthesize_one(self, sentence: str, language: str) -> bytes:
+    async def _synthesize_one(self, text: str, language: str) -> bytes:
         request = SynthesizeSpeechRequest(
-            input=SynthesisInput(text=sentence),
+            input=SynthesisInput(text=text),
             voice=VoiceSelectionParams(
                 language_code=language, name=self.voice_name, ssml_gender=self.ssml_gender
             ),

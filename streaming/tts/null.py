@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-_SECOND = b"\xff" * 8000  # mu-law silence
+from audio import mulaw
+from audio.framing import SAMPLE_RATE, chunk_size
+
+_SECOND = mulaw.silence(SAMPLE_RATE)
 
 
 class NullTextToSpeech:
@@ -12,10 +15,10 @@ class NullTextToSpeech:
 
     def __init__(self, *, ms_per_char: int = 60, chunk_ms: int = 1000) -> None:
         self.ms_per_char = ms_per_char  # ~16 characters a second, a calm speaking rate
-        self.chunk_bytes = max(1, min(chunk_ms, 1000)) * 8
+        self.chunk_bytes = chunk_size(max(1, min(chunk_ms, 1000)))
 
     async def synthesize(self, text: str, language: str) -> AsyncIterator[bytes]:
-        remaining = len(text.strip()) * self.ms_per_char * 8
+        remaining = chunk_size(len(text.strip()) * self.ms_per_char)
         while remaining > 0:
             size = min(remaining, self.chunk_bytes)
             yield _SECOND[:size]

@@ -29,6 +29,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from streaming.stt.null import MARKER, NullSpeechToText
+from streaming.tasks import cancel_and_wait
 from streaming.twilio_side import TwilioSide
 from tests.support.rasa_bot import RasaBot
 from tests.support.servers import free_port, running
@@ -177,8 +178,10 @@ class LiveCall:
             try:
                 yield call
             finally:
-                call._receiver.cancel()
-                await asyncio.gather(call._receiver, return_exceptions=True)
+                await call.stop_receiving()
+
+    async def stop_receiving(self) -> None:
+        await cancel_and_wait(self._receiver)
 
     async def _receive(self) -> None:
         with contextlib.suppress(ConnectionClosed):

@@ -43,6 +43,12 @@ class RasaBot:
         with self._lock:
             return [r["message"] for r in self.requests]
 
+    def received(self, sender: str) -> list[tuple[float, str]]:
+        """(time.monotonic() it arrived, message) of each request of `sender`."""
+        with self._lock:
+            return [(t, r["message"]) for t, r in zip(self.received_at, self.requests)
+                    if r["sender"] == sender]
+
     async def _root(self, request: Request) -> Response:
         return Response("Hello from Rasa: 3.6.0")
 
