@@ -136,8 +136,4 @@ def configure_logging(settings: Settings, stream: IO[str] | None = None) -> logg
         uvicorn_logger.handlers.clear()
         uvicorn_logger.propagate = True
         uvicorn_logger.setLevel(logging.NOTSET)
-    # httpx logs every request at INFO (each Rasa turn): only worth it when debugging.
-    logging.getLogger("httpx").setLevel(
-        logging.NOTSET if settings.server.debug else logging.WARNING
-    )
     return handler

@@ -1,6 +1,6 @@
 """The small interfaces the real-time core needs from the outside world.
 
-`app/` hands concrete objects (the httpx Rasa client, the twilio REST client, the configured
+`app/` hands concrete objects (the aiohttp Rasa client, the twilio REST client, the configured
 engines) to each `CallSession`; nothing in `streaming/` knows about HTTP or configuration files.
 """
 

@@ -32,8 +32,8 @@ Logged = tuple[Running, io.StringIO]
 @pytest.fixture
 def logged(bot_server: tuple[RasaBot, ServerThread]) -> Iterator[Logged]:
     """The Gather-mode gateway with server.debug on, its log written to a buffer."""
-    root, httpx_logger = logging.getLogger(), logging.getLogger("httpx")
-    levels = root.level, httpx_logger.level
+    root = logging.getLogger()
+    level = root.level
     with gateway(bot_server[1].url, server={"mode": "gather", "debug": True}) as gw:
         buffer = io.StringIO()
         handler = configure_logging(gw.settings, stream=buffer)  # the app's handler, re-aimed
@@ -41,8 +41,7 @@ def logged(bot_server: tuple[RasaBot, ServerThread]) -> Iterator[Logged]:
             yield gw, buffer
         finally:
             root.removeHandler(handler)
-            root.setLevel(levels[0])
-            httpx_logger.setLevel(levels[1])
+            root.setLevel(level)
 
 
 def unseparated(text: str) -> str:
