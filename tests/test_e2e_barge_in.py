@@ -23,7 +23,9 @@ from tests.support.servers import running
 from tests.support.twilio_api import TwilioApi
 from tests.test_e2e_call import caller, e2e_settings, synthesized_seconds
 
-LONG_REPLY = "Para bloquear su tarjeta necesito algunos datos. Primero, dígame su nombre completo."
+LONG_SENTENCES = ("Para bloquear su tarjeta necesito algunos datos.",
+                  "Primero, dígame su nombre completo.")
+LONG_REPLY = " ".join(LONG_SENTENCES)
 SHORT_REPLY = "De acuerdo."
 
 
@@ -70,7 +72,7 @@ async def test_a_prompt_reply_is_not_cleared_by_the_end_of_the_request():
     with running_gateway(settings, RasaBot(reply=reply)) as gw:
         result = await simulate_call(gw.url, [Turn(audio=caller("block_my_card"))],
                                      auth_token=AUTH_TOKEN, tail=10)
-        reply_seconds = synthesized_seconds(gw, LONG_REPLY)
+        reply_seconds = synthesized_seconds(gw, *LONG_SENTENCES)
 
     assert result.clears == [], result.timeline()
     assert gw.bot.messages() == ["block my card"]

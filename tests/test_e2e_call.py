@@ -22,7 +22,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from app.config import Settings
 from app.simulate import SimulationResult, Turn, load_wav, simulate_call
 from audio import mulaw, wav
-from streaming.session import split_sentences
 from tests.support.gateway import AUTH_TOKEN, RunningGateway, running_gateway
 from tests.support.rasa_bot import RasaBot
 from tests.support.servers import running
@@ -32,7 +31,9 @@ ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).parent / "fixtures"
 PHRASES = ("block my card", "i lost my credit card", "my card was stolen", "talk to a person",
            "yes", "no")
-REPLY = "Entendido. Voy a bloquear su tarjeta."
+# The bot's reply, and the sentences the gateway plays (and marks) one by one.
+REPLY_SENTENCES = ("Entendido.", "Voy a bloquear su tarjeta.")
+REPLY = " ".join(REPLY_SENTENCES)
 
 
 def e2e_settings() -> Settings:
@@ -67,12 +68,12 @@ def requests_of(gw: RunningGateway, result: SimulationResult) -> list[dict[str, 
     return [r for r in gw.bot.requests if r["sender"] == result.call_sid]
 
 
-def synthesized_seconds(gw: RunningGateway, text: str) -> float:
-    """How long the gateway's own synthesizer speaks `text`, sentence by sentence as it plays."""
+def synthesized_seconds(gw: RunningGateway, *sentences: str) -> float:
+    """How long the gateway's own synthesizer speaks `sentences`, one by one as it plays them."""
 
     async def synthesize() -> int:
         total = 0
-        for sentence in split_sentences(text):
+        for sentence in sentences:
             async for chunk in gw.gateway.tts.synthesize(sentence, gw.settings.language.code):
                 total += len(chunk)
         return total
@@ -103,13 +104,14 @@ async def test_a_spoken_request_reaches_rasa_and_the_reply_is_heard(gw):
     _, (reply_start, reply_stop) = zip(result.times("bot_audio_start"),
                                        result.times("bot_audio_stop"))
     assert reply_start > result.times("caller_speech_end")[0]
-    assert reply_stop - reply_start == pytest.approx(synthesized_seconds(gw, REPLY), abs=0.1)
+    assert reply_stop - reply_start == pytest.approx(synthesized_seconds(gw, *REPLY_SENTENCES), abs=0.1)
     heard = result.heard_pcm16()
     assert mulaw.rms(heard[int(reply_start * 16000):int(reply_stop * 16000)]) > 1000
     assert result.audible_seconds() > 0.5 * (reply_stop - reply_start)
 
     # One mark per sentence came back, the last one when the reply had finished playing.
-    assert len(result.marks) == len(set(result.marks)) == 1 + len(split_sentences(REPLY))
+    # The one-sentence greeting's mark, then one per sentence of the reply.
+    assert len(result.marks) == len(set(result.marks)) == 1 + len(REPLY_SENTENCES)
     assert result.times("mark")[-1] == pytest.approx(reply_stop, abs=0.03)
     assert result.latencies[0] is not None
     assert result.protocol_errors == [] and result.close_code is None
@@ -159,5 +161,5 @@ def test_the_cli_simulates_a_call_and_writes_what_was_heard(gw, tmp_path):
     assert "talk to a person" in gw.bot.messages()
     recording = wav.read(heard)
     assert (recording.sample_rate, recording.channels, recording.encoding) == (8000, 1, "pcm")
-    assert recording.duration > synthesized_seconds(gw, REPLY)
+    assert recording.duration > synthesized_seconds(gw, *REPLY_SENTENCES)
     assert mulaw.rms(recording.data) > 300

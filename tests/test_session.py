@@ -15,7 +15,8 @@ from prometheus_client import REGISTRY
 
 from audio.framing import chunk_size
 from streaming.ports import BotMessage
-from streaming.session import Phase, split_sentences
+from streaming.playback import split_sentences
+from streaming.session import Phase
 from tests.support.call_harness import FAST, CallHarness, FakeBot, FakeTts, config
 from tests.support.caller_audio import tone
 

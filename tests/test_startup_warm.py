@@ -6,8 +6,6 @@ from prometheus_client import REGISTRY
 
 from app.config import Settings
 from app.gateway import Gateway
-from app.prompts import greeting_text, spoken_prompts
-from streaming.session import split_sentences
 
 
 def hits() -> float:
@@ -21,15 +19,24 @@ async def test_startup_warms_every_sentence_the_session_speaks_on_its_own() -> N
         gateway.start_warming()
         assert gateway.warming is not None
         warmed = await gateway.warming
-        sentences = {s for text in spoken_prompts(settings) for s in split_sentences(text)}
+        # Each text the session speaks on its own, sentence by sentence as it synthesizes them.
+        sentences = {
+            "Buenos días, le atiende el asistente virtual de bloqueo de tarjetas.",
+            "Buenas tardes, le atiende el asistente virtual de bloqueo de tarjetas.",
+            "Buenas noches, le atiende el asistente virtual de bloqueo de tarjetas.",
+            "¿En qué puedo ayudarle?",
+            "¿Sigue ahí?", "Dígame en qué puedo ayudarle.",  # reprompt
+            "Lo siento, estamos teniendo problemas técnicos.",  # apology
+            "Gracias por llamar.", "Adiós.",  # goodbye
+        }
         assert warmed == len(sentences)
         assert len(gateway.tts) == len(sentences)  # type: ignore[arg-type]
 
         before = hits()
-        for sentence in split_sentences(greeting_text(settings)):
+        for sentence in sentences:  # exactly these are in the cache
             async for _ in gateway.tts.synthesize(sentence, settings.language.code):
                 pass
-        assert hits() == before + len(split_sentences(greeting_text(settings)))
+        assert hits() == before + len(sentences)
     finally:
         await gateway.aclose()
 

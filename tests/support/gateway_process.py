@@ -30,7 +30,7 @@ from websockets.exceptions import ConnectionClosed
 
 from streaming.stt.null import MARKER, NullSpeechToText
 from streaming.tasks import cancel_and_wait
-from streaming.twilio_side import TwilioSide
+from streaming.twilio_side import TwilioSide, new_sid
 from tests.support.rasa_bot import RasaBot
 from tests.support.servers import free_port, running
 from tests.support.twilio_sign import asigned_post, call_params, signed_headers
@@ -166,12 +166,13 @@ class LiveCall:
 
     @classmethod
     @asynccontextmanager
-    async def open(cls, url: str, call_sid: str,
+    async def open(cls, url: str, call_sid: str, stream_sid: str | None = None,
                    token: str = AUTH_TOKEN) -> AsyncIterator[LiveCall]:
-        """Connect to the stream websocket at `url` (signed with `token`) and start the call."""
+        """Connect to the stream websocket at `url` (signed with `token`) and start the call
+        (its stream named `stream_sid`, a new SID by default)."""
         async with connect(url, proxy=None, open_timeout=10,
                            additional_headers=signed_headers(url, token=token)) as ws:
-            twilio = TwilioSide(call_sid=call_sid, stream_sid="MZ" + call_sid[2:])
+            twilio = TwilioSide(call_sid=call_sid, stream_sid=stream_sid or new_sid("MZ"))
             await ws.send(twilio.connected())
             await ws.send(twilio.start())
             call = cls(ws, twilio)
