@@ -22,7 +22,7 @@ from twilio.rest import Client
 
 from app.config import Settings, TwilioSettings
 from app.metrics import CALL_CONTROL_REQUESTS
-from app.twiml import SPEECH_PATH, Urls
+from app.twiml import Urls
 from app.twiml import transfer as transfer_twiml
 from streaming.ports import CallControlError
 
@@ -85,11 +85,11 @@ class TwilioCallControl:
         await self._update("hang_up", call_sid, status="completed")
 
     async def redirect_to_gather(self, call_sid: str) -> None:
-        """Send the call to the Gather webhook; `resume=1` makes it ask again without a greeting."""
+        """Send the call to the Gather webhook, which asks again with `prompts.degraded`."""
         if not self.base_url:
             raise self._failed("redirect_to_gather", call_sid, "not_configured", _NO_BASE_URL)
-        await self._update("redirect_to_gather", call_sid,
-                           url=f"{self.base_url}{SPEECH_PATH}?resume=1", method="POST")
+        await self._update("redirect_to_gather", call_sid, url=Urls(self.base_url).degraded,
+                           method="POST")
 
     async def aclose(self) -> None:
         """Close the shared HTTP session (a later operation would open a new one)."""

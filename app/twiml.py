@@ -33,6 +33,11 @@ class Urls:
         return f"{self.base}{SPEECH_PATH}?noinput={no_input}"
 
     @property
+    def degraded(self) -> str:
+        """The Gather path for a streamed call whose engine failed (app/twilio_rest.py)."""
+        return f"{self.base}{SPEECH_PATH}?degraded=1"
+
+    @property
     def fallback(self) -> str:
         return f"{self.base}{FALLBACK_PATH}"
 

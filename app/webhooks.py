@@ -135,9 +135,10 @@ async def speech(request: Request, gateway: Gateway, form: Form) -> str:
     log = _who(form)
 
     if not text:
-        if request.query_params.get("resume") == "1":
-            logger.info("call resumed on the Gather path", extra={"event": "gather_resume", **log})
-            return twiml.gather(settings, urls, [settings.prompts.resume], no_input)
+        if request.query_params.get("degraded") == "1":
+            logger.info("degraded call continues on the Gather path",
+                        extra={"event": "gather_degraded", **log})
+            return twiml.gather(settings, urls, [settings.prompts.degraded], no_input)
         no_input += 1
         metrics.GATHER_NO_INPUT.inc()
         logger.info(

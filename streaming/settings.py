@@ -95,7 +95,11 @@ class PromptSettings:
     )
     # Said before hanging up when the bot's hang-up reply has no text of its own.
     goodbye: str = "Gracias por llamar. Adiós."
-    resume: str = "Disculpe la interrupción. ¿En qué puedo ayudarle?"
+    # Said when a dropped stream is resumed (the instance died, the network cut): the call goes
+    # on where it was, in the same Rasa conversation.
+    resume: str = "Disculpe, se ha cortado la comunicación. ¿En qué estábamos?"
+    # Said on the Gather path when a streamed call moved there after an engine failure.
+    degraded: str = "Disculpe la interrupción. ¿En qué puedo ayudarle?"
 
 
 @dataclass(frozen=True, slots=True)

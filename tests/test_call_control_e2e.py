@@ -225,14 +225,14 @@ async def test_an_stt_failure_moves_the_call_to_gather_and_the_conversation_goes
             await no_live_calls(gw)
 
             assert update.params == {
-                "Url": f"{gw.url}/webhook/twilio/speech?resume=1", "Method": "POST"}
+                "Url": f"{gw.url}/webhook/twilio/speech?degraded=1", "Method": "POST"}
             async with httpx.AsyncClient(timeout=10) as http:
                 params = call_params(CALL, AccountSid=ACCOUNT_SID)
                 resumed = await asigned_post(http, update.url or "", params, token=AUTH_TOKEN)
                 assert resumed.status_code == 200, resumed.text
                 gather = ET.fromstring(resumed.text).find("Gather")
                 assert gather is not None
-                assert gather.findtext("Say") == gw.settings.prompts.resume
+                assert gather.findtext("Say") == gw.settings.prompts.degraded
                 turn = await asigned_post(http, gather.get("action", ""),
                                           {**params, "SpeechResult": "quiero bloquear mi tarjeta",
                                            "Confidence": "0.91"}, token=AUTH_TOKEN)

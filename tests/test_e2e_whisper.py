@@ -104,5 +104,5 @@ async def test_a_decoder_falling_behind_moves_the_call_to_gather(
         speech = caller("es_si_por_favor") + caller("es_no_gracias") + caller("es_perdi_credito")
         result = await call(gw, Turn(audio=speech, when="now"), tail=3)
         (update,) = await api.wait_for_updates(call_sid=result.call_sid)
-        assert update.params["Url"] == f"{gw.url}/webhook/twilio/speech?resume=1"
+        assert update.params["Url"] == f"{gw.url}/webhook/twilio/speech?degraded=1"
         assert len(messages_of(gw, result)) <= 1  # at most the first, decoded in time

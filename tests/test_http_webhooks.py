@@ -248,11 +248,11 @@ def test_silence_reprompts_then_transfers(gather_gw: Running, bot: RasaBot) -> N
     assert sample("gateway_gather_no_input_total") == before + 2
 
 
-def test_resume_prompts_without_counting(gather_gw: Running, bot: RasaBot) -> None:
-    root = gather_gw.twiml("/webhook/twilio/speech?resume=1")
+def test_a_degraded_call_is_prompted_without_counting(gather_gw: Running, bot: RasaBot) -> None:
+    root = gather_gw.twiml("/webhook/twilio/speech?degraded=1")
     assert children(root) == ["Gather", "Redirect"]
     assert_gather(root[0], f"{SPEECH}?noinput=0")
-    assert_says(list(root[0]), [gather_gw.settings.prompts.resume])
+    assert_says(list(root[0]), [gather_gw.settings.prompts.degraded])
     assert bot.requests == []
 
 

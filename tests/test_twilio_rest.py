@@ -118,13 +118,13 @@ async def test_hang_up_completes_the_call_and_a_second_update_is_refused(
         await control.hang_up(CALL)
 
 
-async def test_redirect_to_gather_posts_the_speech_webhook_with_resume(
+async def test_redirect_to_gather_posts_the_speech_webhook_marked_degraded(
     api: TwilioApi, control: TwilioCallControl
 ) -> None:
     await control.redirect_to_gather(CALL)
 
     [update] = api.updates(CALL)
-    assert update.params == {"Url": f"{PUBLIC}/webhook/twilio/speech?resume=1", "Method": "POST"}
+    assert update.params == {"Url": f"{PUBLIC}/webhook/twilio/speech?degraded=1", "Method": "POST"}
 
 
 async def test_without_public_url_the_base_comes_from_the_websocket_request(
@@ -146,7 +146,7 @@ async def test_without_public_url_the_base_comes_from_the_websocket_request(
         await control.aclose()
 
     redirect, transfer = api.updates(CALL)
-    assert redirect.url == "https://gw.internal.example:8443/webhook/twilio/speech?resume=1"
+    assert redirect.url == "https://gw.internal.example:8443/webhook/twilio/speech?degraded=1"
     assert parse(transfer.twiml).find("Dial").attrib["action"] == (
         "https://gw.internal.example:8443/webhook/twilio/fallback?dialed=1")
 
@@ -156,7 +156,7 @@ async def test_a_configured_public_url_wins_over_the_observed_one(
 ) -> None:
     await control.for_base_url("ws://10.0.0.7:5001").redirect_to_gather(CALL)
 
-    assert api.updates(CALL)[0].url == f"{PUBLIC}/webhook/twilio/speech?resume=1"
+    assert api.updates(CALL)[0].url == f"{PUBLIC}/webhook/twilio/speech?degraded=1"
 
 
 async def test_requests_authenticate_with_the_account_sid_and_auth_token(
