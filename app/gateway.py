@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from app import metrics
 from app.config import Settings
 from app.prompts import spoken_prompts
+from app.resume import FailedHandovers
 from streaming.ports import SpeechToText, TextToSpeech
 from streaming.playback import split_sentences
 from streaming.tasks import cancel_and_wait
@@ -28,6 +29,8 @@ class Gateway:
     tts: TextToSpeech
     # Live streamed calls by CallSid; the status webhook and drain look here.
     calls: dict[str, CallSession] = field(default_factory=dict)
+    # Hand-overs Twilio refused in this process, for the resume webhook (app/resume.py).
+    failed_handovers: FailedHandovers = field(default_factory=FailedHandovers)
     draining: bool = False
     warming: asyncio.Task[int] | None = None
 

@@ -25,6 +25,7 @@ from app import security
 from app.config import Settings
 from app.gateway import Gateway
 from app.prompts import greeting_text
+from app.resume import Carried, RememberFailures
 from app.twiml import STREAM_PATH
 from streaming import metrics
 from streaming.ports import CallControl, CallEvents, CallInfo
@@ -40,11 +41,12 @@ START_TIMEOUT_SECONDS = 10.0  # Twilio sends `start` at once; a silent socket is
 POLICY_VIOLATION = 1008
 
 
-def session_config(settings: Settings) -> SessionConfig:
-    """The session's view of the settings; the greeting depends on the time of the call."""
+def session_config(settings: Settings, carried: Carried) -> SessionConfig:
+    """The session's view of the settings; the greeting depends on the time of the call, and a
+    resumed stream opens with prompts.resume instead."""
     return SessionConfig(settings.language.code, settings.stt.endpoint_silence_ms,
                          greeting_text(settings), call=settings.call, vad=settings.vad,
-                         prompts=settings.prompts)
+                         prompts=settings.prompts, resumed=carried.resumes > 0)
 
 
 SendText = Callable[[str], Awaitable[None]]
@@ -101,10 +103,11 @@ class MediaStreamEndpoint:
 
     def link(self, conn: HTTPConnection, gateway: Gateway, call: CallInfo,
              send: SendText) -> CallLink:
-        """Endings go through Twilio's REST API. Without server.public_url, the URLs given to
-        Twilio (Gather redirect, <Dial> action) are built on the base URL this websocket was
-        reached at."""
-        return CallLink(gateway.call_control.for_base_url(str(conn.base_url)))
+        """Endings go through Twilio's REST API; one it refuses is remembered for the resume
+        webhook (app/resume.py). Without server.public_url, the URLs given to Twilio (Gather
+        redirect, <Dial> action) are built on the base URL this websocket was reached at."""
+        control = gateway.call_control.for_base_url(str(conn.base_url))
+        return CallLink(RememberFailures(control, gateway.failed_handovers))
 
 
 @dataclass(eq=False)
@@ -166,10 +169,14 @@ class _Stream:
         gateway, call = self.gateway, start.call
         self.call_sid = call.call_sid
         self.link = link = self.make_link(self.conn, gateway, call, self.send_text)
+        carried = Carried.read(call.custom_parameters)
+        if carried.resumes:
+            logger.info("a dropped stream resumes", extra={
+                "event": "stream_resumed", "call_sid": call.call_sid, "resumes": carried.resumes})
         session = CallSession(
             call, self.send_text,
             stt=gateway.stt, tts=gateway.tts, bot=gateway.rasa, control=link.control,
-            config=session_config(gateway.settings), events=link.events,
+            config=session_config(gateway.settings, carried), events=link.events,
         )
         self.session = session
         previous = gateway.calls.get(call.call_sid)

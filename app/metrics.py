@@ -61,6 +61,13 @@ CALLS_OVER_CAPACITY = Counter(
     "gateway_calls_over_capacity_total",
     "Calls answered with the Gather path because the instance had server.max_active_calls live.",
 )
+RESUMES = Counter(
+    "gateway_resumes_total",
+    "What the resume webhook answered a call whose stream ended without a hand-over, by outcome: "
+    "stream (resumed), gather (the instance was draining or full), handover (carried out a "
+    "hand-over Twilio had refused this process), exhausted (call.max_resumes: the agent).",
+    ["outcome"],
+)
 CALL_STATUS = Counter(
     "gateway_call_status_total", "Call status callbacks received, by CallStatus.", ["status"]
 )

@@ -1,7 +1,8 @@
 """Every TwiML document the gateway answers with, built by twilio's VoiceResponse.
 
-Pure functions: settings and absolute URLs in, XML text out. The no-input count of the Gather path
-travels in the action URL (`?noinput=N`) so any instance can answer the next turn.
+Pure functions: settings and absolute URLs in, XML text out. What a call carries from one request
+to the next travels in the URLs, so any instance can answer it: the Gather path's no-input count
+(`?noinput=N`), a streamed call's resumes and start (`?resumes=N&started=T`, app/resume.py).
 """
 
 from __future__ import annotations
@@ -9,16 +10,18 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 from twilio.twiml.voice_response import Gather, VoiceResponse
 
 from app.config import Settings
+from app.resume import Carried, Handover
 from streaming.actions import CollectDigits, HangUp, Transfer, TurnPlan
 
 VOICE_PATH = "/webhook/twilio/voice"
 SPEECH_PATH = "/webhook/twilio/speech"
 FALLBACK_PATH = "/webhook/twilio/fallback"
+RESUME_PATH = "/webhook/twilio/resume"
 STATUS_PATH = "/webhook/twilio/status"
 STREAM_PATH = "/webhook/twilio/stream"
 
@@ -41,6 +44,9 @@ class Urls:
     def fallback(self) -> str:
         return f"{self.base}{FALLBACK_PATH}"
 
+    def resume(self, carried: Carried) -> str:
+        return f"{self.base}{RESUME_PATH}?{urlencode(carried.params())}"
+
     @property
     def dialed(self) -> str:
         return f"{self.base}{FALLBACK_PATH}?dialed=1"
@@ -52,18 +58,31 @@ class Urls:
         return f"{scheme}://{parts.netloc}{parts.path}{STREAM_PATH}"
 
 
-def connect_stream(
-    settings: Settings, urls: Urls, call_sid: str, from_number: str, to_number: str
-) -> str:
-    """Bridge the call to our websocket; when the stream ends without a hang-up, go to fallback."""
+def connect_stream(urls: Urls, call_sid: str, from_number: str, to_number: str,
+                   carried: Carried) -> str:
+    """Bridge the call to our websocket; when the stream ends without a hand-over, Twilio asks
+    the resume webhook what next, with what the call carries."""
     response = VoiceResponse()
     connect = response.connect()
     stream = connect.stream(url=urls.stream)
     stream.parameter(name="callSid", value=call_sid)
     stream.parameter(name="from", value=from_number)
     stream.parameter(name="to", value=to_number)
-    response.redirect(urls.fallback, method="POST")
+    for name, value in carried.params().items():
+        stream.parameter(name=name, value=value)
+    response.redirect(urls.resume(carried), method="POST")
     return str(response)
+
+
+def hand_over(settings: Settings, urls: Urls, handover: Handover) -> str:
+    """What the REST update that Twilio refused would have put in place (app/twilio_rest.py)."""
+    if handover.action == "transfer":
+        return transfer(settings, urls, number=handover.number)
+    if handover.action == "hang_up":
+        response = VoiceResponse()
+        response.hangup()
+        return str(response)
+    return gather(settings, urls, [settings.prompts.degraded])
 
 
 def gather(

@@ -1,4 +1,5 @@
-"""The HTTP routes: Twilio's voice/speech/fallback/status webhooks, and service, health, metrics.
+"""The HTTP routes: Twilio's voice/speech/resume/fallback/status webhooks, and service, health,
+metrics.
 
 Every Twilio webhook is signature-checked, timed per route, and never answers 500: an unexpected
 failure is logged, counted and answered with the apology and the transfer to an agent.
@@ -20,6 +21,7 @@ from app import __version__, metrics, security, twiml
 from app.config import startup_warnings
 from app.gateway import Gateway
 from app.prompts import greeting_text
+from app.resume import Carried
 from app.twiml import Urls
 from streaming.actions import plan_turn, turn_metadata
 from streaming.ports import BotError
@@ -121,8 +123,34 @@ async def voice(request: Request, gateway: Gateway, form: Form) -> str:
     )
     urls = urls_for(request, gateway)
     if mode == "stream":
-        return twiml.connect_stream(settings, urls, call_sid, from_number, to_number)
+        return twiml.connect_stream(urls, call_sid, from_number, to_number, Carried())
     return twiml.gather(settings, urls, [greeting_text(settings)])
+
+
+@twilio_webhook("resume")
+async def resume(request: Request, gateway: Gateway, form: Form) -> str:
+    """The stream ended and the call is still up: the gateway did not hand it over, or Twilio
+    refused the hand-over it asked for (app/resume.py says what each instance can know)."""
+    settings, urls = gateway.settings, urls_for(request, gateway)
+    call_sid = form.get("CallSid", "")
+    carried = Carried.read(request.query_params)
+    handover = gateway.failed_handovers.take(call_sid)
+    reason = _why_gather(gateway)
+    if handover is not None:  # this process closed the stream after Twilio refused it
+        outcome, body = "handover", twiml.hand_over(settings, urls, handover)
+    elif carried.resumes >= settings.call.max_resumes:
+        outcome, body = "exhausted", twiml.transfer(settings, urls)
+    elif reason is not None:  # the Gather path needs no instance of its own
+        outcome, body = "gather", twiml.gather(settings, urls, [settings.prompts.resume])
+    else:
+        outcome = "stream"
+        body = twiml.connect_stream(urls, call_sid, form.get("From", ""), form.get("To", ""),
+                                    carried.resumed())
+    metrics.RESUMES.labels(outcome).inc()
+    logger.info("stream ended without a hand-over: %s", outcome, extra={
+        "event": "resume", **_who(form), "outcome": outcome, "resumes": carried.resumes,
+        "handover": handover.action if handover else None, "reason": reason})
+    return body
 
 
 @twilio_webhook("speech")
@@ -287,6 +315,7 @@ routes: list[BaseRoute] = [
     Route("/metrics", metrics_endpoint, methods=["GET"]),
     Route(twiml.VOICE_PATH, voice, methods=["POST"]),
     Route(twiml.SPEECH_PATH, speech, methods=["POST"]),
+    Route(twiml.RESUME_PATH, resume, methods=["POST"]),
     Route(twiml.FALLBACK_PATH, fallback, methods=["POST"]),
     Route(twiml.STATUS_PATH, status, methods=["POST"]),
 ]

@@ -300,7 +300,9 @@ class CallSession:
             if self._recognition is None or self._recognition.stream is None:
                 await self._end("redirect_to_gather", reason="stt")
                 return
-            if self.config.greeting:
+            if self.config.resumed:
+                await self._prompt("resume", self.config.prompts.resume)
+            elif self.config.greeting:
                 await self._prompt("greeting", self.config.greeting)
             while not self._ending:
                 self._inputs.arm()

@@ -75,6 +75,9 @@ class CallSettings:
     dtmf_finish_key: Annotated[str, Rule(is_dtmf_key, "must be one DTMF key (0-9, * or #)")] = "#"
     # Outbound audio per media message: whole 20 ms frames.
     outbound_chunk_ms: Annotated[int, above(0), multiple_of(20)] = 40
+    # Dropped streams one call may resume (the instance died, the network cut): a new stream on
+    # any instance, the same Rasa conversation. The next drop sends the caller to the agent.
+    max_resumes: Annotated[int, between(0, 20)] = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +115,8 @@ class SessionConfig:
     # which the recognizers share: it is not the session's own).
     endpoint_silence_ms: int
     greeting: str = ""
+    # The call's stream dropped and this one picks it up: prompts.resume instead of the greeting.
+    resumed: bool = False
     call: CallSettings = field(default_factory=CallSettings)
     vad: VadSettings = field(default_factory=VadSettings)
     prompts: PromptSettings = field(default_factory=PromptSettings)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 
@@ -85,6 +86,7 @@ def assert_dial(element: ET.Element, number: str = AGENT, dialed: str = DIALED) 
 def test_voice_stream_mode_connects_the_media_stream(
     stream_gw: Running, caplog: pytest.LogCaptureFixture
 ) -> None:
+    before = int(time.time())
     with caplog.at_level(logging.INFO, logger="app.webhooks"):
         root = stream_gw.twiml("/webhook/twilio/voice")
     host = stream_gw.server.url.removeprefix("http://")
@@ -92,12 +94,19 @@ def test_voice_stream_mode_connects_the_media_stream(
     (stream,) = root[0]
     assert stream.tag == "Stream"
     assert stream.attrib == {"url": f"ws://{host}/webhook/twilio/stream"}
-    assert [(p.tag, p.attrib) for p in stream] == [
-        ("Parameter", {"name": "callSid", "value": SID}),
-        ("Parameter", {"name": "from", "value": "+34600111222"}),
-        ("Parameter", {"name": "to", "value": "+34910000000"}),
+    params = [(p.tag, p.attrib["name"], p.attrib["value"]) for p in stream]
+    started = params[-1][2]
+    assert before <= int(started) <= time.time()  # when the call was answered, Unix seconds
+    assert params == [
+        ("Parameter", "callSid", SID),
+        ("Parameter", "from", "+34600111222"),
+        ("Parameter", "to", "+34910000000"),
+        ("Parameter", "resumes", "0"),
+        ("Parameter", "started", started),
     ]
-    assert root[1].text == f"http://{host}/webhook/twilio/fallback"
+    # The stream's end (when the gateway did not hand the call over) asks what next.
+    assert root[1].text == f"http://{host}/webhook/twilio/resume?resumes=0&started={started}"
+    assert root[1].attrib == {"method": "POST"}
     assert root.find(".//Say") is None  # the session speaks the greeting
     (record,) = [r for r in caplog.records if getattr(r, "event", None) == "incoming_call"]
     assert (record.call_sid, record.from_number, record.to_number) == (

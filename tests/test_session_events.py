@@ -37,6 +37,18 @@ async def test_a_turn_tells_the_input_the_reply_and_its_latency() -> None:
         assert latency.total_ms >= latency.bot_ms
 
 
+async def test_a_resumed_stream_opens_with_the_resume_prompt_not_the_greeting() -> None:
+    resumed = config(greeting="Hola.", resumed=True, prompts={"resume": "Se ha cortado."})
+    async with CallHarness(resumed) as h:
+        await h.play_out(1)
+        h.recognition.say("sigo aquí")
+        await h.wait(lambda: "bot_reply" in h.recorded.kinds(), what="the reply")
+        assert h.recorded.events[:2] == [Prompt("resume", "Se ha cortado."),
+                                         CallerInput("sigo aquí", "speech")]
+        assert h.tts.texts[0] == "Se ha cortado."
+        assert h.bot.requests[0][0] == h.twilio.call_sid  # the same Rasa conversation
+
+
 async def test_keyed_digits_are_told_as_sent() -> None:
     async with CallHarness() as h:
         for digit in "1234#":
