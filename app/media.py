@@ -46,7 +46,8 @@ def session_config(settings: Settings, carried: Carried) -> SessionConfig:
     resumed stream opens with prompts.resume instead."""
     return SessionConfig(settings.language.code, settings.stt.endpoint_silence_ms,
                          greeting_text(settings), call=settings.call, vad=settings.vad,
-                         prompts=settings.prompts, resumed=carried.resumes > 0)
+                         prompts=settings.prompts, resumed=carried.resumes > 0,
+                         elapsed_seconds=carried.elapsed_seconds())
 
 
 SendText = Callable[[str], Awaitable[None]]

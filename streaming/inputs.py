@@ -1,10 +1,11 @@
 """The caller's inputs, one at a time for the session's worker: what they said, what they keyed
-in, and their silence.
+in, and their silence; and the end of the call's time.
 
 Silence is an input too: the no-input timer queues `Silence` when the caller has had the floor
 for `call.no_input_seconds` and did nothing with it. That condition is `silent()`, written once:
 the session says whether the caller has the floor; typing keys or an input still waiting for
-the worker means they are not silent.
+the worker means they are not silent. `TimeUp` comes once the call has lasted
+`call.max_duration_seconds`: in turn with the inputs, so a reply playing is never cut off.
 """
 
 from __future__ import annotations
@@ -31,14 +32,19 @@ class Silence:
     """Queued by the no-input timer."""
 
 
+class TimeUp:
+    """Queued when the call reaches call.max_duration_seconds."""
+
+
 class CallerInputs:
     def __init__(self, call: CallSettings, has_floor: Callable[[], bool]) -> None:
         self.digits = DigitCollector(call.dtmf_finish_key, call.dtmf_timeout_seconds,
                                      self._on_digits)
         self._no_input_seconds = call.no_input_seconds
         self._has_floor = has_floor
-        self._queue: asyncio.Queue[Utterance | Silence] = asyncio.Queue()
+        self._queue: asyncio.Queue[Utterance | Silence | TimeUp] = asyncio.Queue()
         self._no_input = OneShotTimer(self._on_timer)
+        self._time_up = OneShotTimer(lambda: self._queue.put_nowait(TimeUp()))
 
     def silent(self) -> bool:
         """The caller has the floor and does nothing with it: the no-input condition."""
@@ -48,8 +54,12 @@ class CallerInputs:
         self.disarm()
         self._queue.put_nowait(Utterance(text, "speech", monotonic()))
 
-    async def next(self) -> Utterance | Silence:
+    async def next(self) -> Utterance | Silence | TimeUp:
         return await self._queue.get()
+
+    def time_limit(self, seconds: float) -> None:
+        """`TimeUp` comes in `seconds` (at once when none are left)."""
+        self._time_up.start(max(0.0, seconds))
 
     def arm(self) -> None:
         """Start the no-input timer, if the caller is silent and it is not running yet."""
@@ -63,6 +73,7 @@ class CallerInputs:
         """No timer fires from now on (so no input comes but from `speech` or a key)."""
         self.disarm()
         self.digits.cancel()
+        self._time_up.cancel()
 
     def _on_timer(self) -> None:
         if self.silent():

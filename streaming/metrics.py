@@ -24,6 +24,8 @@ STT_FEED_ERRORS = Counter(
 TURNS = Counter(f"{_PREFIX}turns", "Caller turns (speech or DTMF) sent to the bot.")
 BARGE_INS = Counter(f"{_PREFIX}barge_ins", "Replies interrupted by the caller (audio cleared).")
 NO_INPUT = Counter(f"{_PREFIX}no_input", "Silences that led to a reprompt or a transfer.")
+MAX_DURATION = Counter(f"{_PREFIX}max_duration",
+                       "Calls hung up because they reached call.max_duration_seconds.")
 BOT_ERRORS = Counter(f"{_PREFIX}bot_errors", "Bot requests that failed (apology, then transfer).")
 MARK_TIMEOUTS = Counter(f"{_PREFIX}mark_timeouts", "Playbacks whose last mark never came back.")
 SESSIONS_REPLACED = Counter(

@@ -30,7 +30,7 @@ from audio.vad import EnergyVad, VadEvent
 from streaming import metrics
 from streaming.actions import HangUp, Transfer, plan_turn, turn_metadata
 from streaming.handover import Ending, hand_back
-from streaming.inputs import CallerInputs, Utterance
+from streaming.inputs import CallerInputs, TimeUp, Utterance
 from streaming.playback import Outgoing, ReplyPlayer, split_sentences
 from streaming.recognition import Recognition
 from streaming.ports import (
@@ -142,6 +142,7 @@ class CallSession:
         logger.info("call session started", extra={
             "event": "session_started", **self._log,
             "from_number": self.call.from_number, "to_number": self.call.to_number})
+        self._inputs.time_limit(self.config.call.max_duration_seconds - self.config.elapsed_seconds)
         self._worker = self._spawn(self._converse(), "worker")
         self._spawn(self._send_loop(), "sender")
         if self._recognition.stream is not None:  # else the worker degrades the call
@@ -309,6 +310,8 @@ class CallSession:
                 item = await self._inputs.next()
                 if isinstance(item, Utterance):
                     await self._turn(item)
+                elif isinstance(item, TimeUp):
+                    await self._time_up()
                 else:
                     await self._no_input()
         except SynthesisError as exc:
@@ -369,6 +372,14 @@ class CallSession:
         logger.info("no input after reprompts, transferring",
                     extra={"event": "no_input", **self._log, "reprompt": None})
         await self._end("transfer")
+
+    async def _time_up(self) -> None:
+        metrics.MAX_DURATION.inc()
+        logger.info("the call reached call.max_duration_seconds: goodbye",
+                    extra={"event": "max_duration", **self._log})
+        self._stop_listening()
+        await self._prompt("goodbye", self.config.prompts.goodbye, interruptible=False)
+        await self._end("hang_up")
 
     async def _prompt(self, name: PromptName, text: str, *, interruptible: bool = True) -> None:
         """Say one of the gateway's own prompts (watchers are told which)."""

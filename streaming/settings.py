@@ -78,6 +78,8 @@ class CallSettings:
     # Dropped streams one call may resume (the instance died, the network cut): a new stream on
     # any instance, the same Rasa conversation. The next drop sends the caller to the agent.
     max_resumes: Annotated[int, between(0, 20)] = 2
+    # The longest a call lasts, its resumed streams included: then prompts.goodbye and a hang-up.
+    max_duration_seconds: PositiveFloat = 1800.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +119,9 @@ class SessionConfig:
     greeting: str = ""
     # The call's stream dropped and this one picks it up: prompts.resume instead of the greeting.
     resumed: bool = False
+    # How long the call had lasted when this stream began (its earlier streams), so that
+    # call.max_duration_seconds counts the whole call.
+    elapsed_seconds: float = 0.0
     call: CallSettings = field(default_factory=CallSettings)
     vad: VadSettings = field(default_factory=VadSettings)
     prompts: PromptSettings = field(default_factory=PromptSettings)

@@ -219,3 +219,45 @@ async def test_a_broken_socket_finishes_the_session() -> None:
     await asyncio.wait_for(h.session.finished.wait(), 2)
     await h.session.aclose()
     assert only_this_task()
+
+
+async def test_the_longest_call_says_goodbye_then_hangs_up() -> None:
+    reached = metric("gateway_stream_max_duration_total")
+    cfg = config(call={"max_duration_seconds": 0.3}, prompts={"goodbye": "Adiós y gracias."})
+    async with CallHarness(cfg) as h:
+        await h.wait(lambda: h.tts.texts, what="the goodbye")
+        assert h.tts.texts == ["Adiós y gracias."] and h.bot.requests == []
+        h.recognition.say("espere")  # the goodbye is not interrupted, nor answered
+        h.audio(tone(600))
+        await asyncio.sleep(0.05)
+        assert h.events("clear") == [] and h.control.calls == []
+        h.echo_marks()
+        await h.wait(lambda: h.control.calls, what="hang-up")
+        assert h.control.calls == [("hang_up", h.twilio.call_sid)]
+        assert h.bot.requests == []
+        assert metric("gateway_stream_max_duration_total") == reached + 1
+
+
+async def test_the_longest_call_lets_the_reply_playing_finish_first() -> None:
+    cfg = config(call={"max_duration_seconds": 0.4}, prompts={"goodbye": "Adiós."})
+    async with CallHarness(cfg, bot=replying(BotMessage(text="Una respuesta larga."))) as h:
+        h.recognition.say("hola")
+        await h.wait_marks(1)
+        await asyncio.sleep(0.5)  # time is up while the reply plays
+        assert h.tts.texts == ["Una respuesta larga."]
+        h.echo_marks()
+        await h.wait(lambda: h.tts.texts[1:] == ["Adiós."], what="the goodbye after the reply")
+        h.echo_marks()
+        await h.wait(lambda: h.control.calls, what="hang-up")
+
+
+async def test_a_resumed_stream_has_only_what_is_left_of_the_call() -> None:
+    """The call lasted 100 s before this stream: of a 100.2 s limit, 0.2 s are left."""
+    cfg = config(call={"max_duration_seconds": 100.2}, elapsed_seconds=100.0, resumed=True,
+                 prompts={"goodbye": "Adiós.", "resume": "Se cortó."})
+    async with CallHarness(cfg) as h:
+        await h.play_out(1)
+        await h.wait(lambda: len(h.tts.texts) == 2, what="the goodbye")
+        assert h.tts.texts == ["Se cortó.", "Adiós."]
+        h.echo_marks()
+        await h.wait(lambda: h.control.calls, what="hang-up")
