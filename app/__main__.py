@@ -89,6 +89,9 @@ def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
                         "(default %(default)s)")
     parser.add_argument("--no-wait-greeting", action="store_true",
                         help="speak at once instead of after the greeting has played")
+    parser.add_argument("--no-follow", action="store_true",
+                        help="stop when the stream ends instead of running the TwiML after it "
+                        "as Twilio does (the <Redirect>, then a new stream, <Gather> or <Dial>)")
 
 
 def run_simulation(args: argparse.Namespace) -> int:
@@ -123,7 +126,7 @@ def run_simulation(args: argparse.Namespace) -> int:
         result = asyncio.run(simulate_call(
             args.url, [turn], auth_token=auth_token, public_url=public_url,
             from_number=args.from_number, to_number=args.to_number,
-            realtime=not args.fast, tail=args.tail, dtmf_at=dtmf_at))
+            realtime=not args.fast, tail=args.tail, dtmf_at=dtmf_at, follow=not args.no_follow))
     except (SimulationError, OSError, httpx.HTTPError, websockets.InvalidHandshake) as exc:
         print(f"simulate: {exc}", file=sys.stderr)
         return 1

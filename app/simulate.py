@@ -1,10 +1,13 @@
 """Play a caller against a running gateway, exactly as Twilio would, and report what was heard.
 
-The simulator is the Twilio side of a call: it posts the signed voice webhook, follows the TwiML to
-the <Stream>, opens the signed websocket and streams the caller's audio as 20 ms mu-law `media`
-frames. It also plays Twilio's output role: the gateway's audio is buffered and "played" on the
-simulator's clock, marks are echoed once the audio sent before them has played, and `clear` drops
-what is buffered and echoes pending marks at once. Times are stream seconds on that clock: wall
+The simulator is the Twilio side of a call: it posts the signed voice webhook, runs the TwiML
+(app/call_flow.py reads it), opens the signed websocket of its <Stream> and streams the caller's
+audio as 20 ms mu-law `media` frames. It also plays Twilio's output role: the gateway's audio is
+buffered and "played" on the simulator's clock, marks are echoed once the audio sent before them
+has played, and `clear` drops what is buffered and echoes pending marks at once. When a stream
+ends without the caller hanging up (the gateway closed it, or the connection dropped), the TwiML
+after `</Connect>` runs as Twilio runs it: the signed `<Redirect>`, then a new stream, a
+`<Gather>`, a `<Dial>`. Times are the call's seconds on that clock, from its first stream: wall
 time in real-time mode; with `fast`, the clock skips ahead while the caller talks or audio is
 buffered and only waits in real time for the gateway.
 """
@@ -13,28 +16,28 @@ from __future__ import annotations
 
 import asyncio
 import time
-import xml.etree.ElementTree as ET
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import httpx
 import websockets
 from twilio.request_validator import RequestValidator
 from websockets.asyncio.client import ClientConnection, connect
 
+from app import call_flow
+from app.call_report import FRAME_BYTES, FRAME_SECONDS, Event, SimulationResult
 from app.twiml import VOICE_PATH
 from audio import mulaw, wav
-from audio.framing import FRAME_MS, SAMPLE_RATE, chunk_size
+from audio.framing import SAMPLE_RATE
 from streaming.protocol import ProtocolError
 from streaming.tasks import cancel_and_wait
-from streaming.twilio_side import TwilioSide, new_sid
+from streaming.twilio_side import Playout, TwilioSide, new_sid
 
-FRAME_BYTES = chunk_size(FRAME_MS)
-FRAME_SECONDS = FRAME_MS / 1000
 DIGIT_GAP_SECONDS = 0.2
+MAX_DOCUMENTS = 12  # TwiML documents one simulated call may run before it is called a loop
 
 
 class SimulationError(Exception):
@@ -47,7 +50,8 @@ class Turn:
 
     audio: bytes = b""  # mu-law 8 kHz mono to speak
     digits: str = ""  # keys pressed after the audio, DIGIT_GAP_SECONDS apart
-    # "Since the previous turn" means since the end of its speech (or its last key):
+    # "Since the previous turn" means since the end of its speech (or its last key), or since
+    # the stream began when the call is on a new stream (it was resumed):
     # bot_idle: the bot has spoken since the previous turn and finished playing;
     # bot_speaking: bot audio sent since the previous turn is playing now (barge-in).
     when: Literal["bot_idle", "bot_speaking", "now"] = "bot_idle"
@@ -55,71 +59,6 @@ class Turn:
     wait_limit: float = 15.0  # most seconds to wait for `when`; the turn then goes ahead anyway
     raw: tuple[str | bytes, ...] = ()  # websocket messages sent verbatim first (bad-input tests)
     hang_up: bool = False  # send `stop` right after this turn: the caller hangs up
-
-
-@dataclass(frozen=True, slots=True)
-class Event:
-    t: float
-    kind: str
-    detail: str = ""
-
-
-@dataclass
-class SimulationResult:
-    call_sid: str
-    stream_sid: str
-    twiml: str
-    heard: bytes  # mu-law 8 kHz: the gateway's audio as played, silence where nothing played
-    events: list[Event]
-    # Per turn: end of the caller's speech (or last key, without speech) -> first bot audio after.
-    latencies: list[float | None]
-    protocol_errors: list[str]  # what Twilio would reject (binary frames, bad JSON, wrong sid)
-    close_code: int | None  # set when the gateway closed the websocket itself
-    duration: float
-    started_at: float = 0.0  # time.monotonic() at stream time 0 (real time: to compare clocks)
-
-    def times(self, kind: str) -> list[float]:
-        return [e.t for e in self.events if e.kind == kind]
-
-    @property
-    def marks(self) -> list[str]:
-        """Names of the marks echoed back to the gateway, in order."""
-        return [e.detail for e in self.events if e.kind == "mark"]
-
-    @property
-    def clears(self) -> list[float]:
-        return self.times("clear")
-
-    def clear_delays(self) -> list[float]:
-        """Per `clear`: seconds since the onset of the caller speech it interrupted."""
-        onsets = self.times("caller_speech_start")
-        return [t - max(o for o in onsets if o <= t)
-                for t in self.clears if onsets and onsets[0] <= t]
-
-    def heard_pcm16(self) -> bytes:
-        return mulaw.decode(self.heard)
-
-    def audible_seconds(self, threshold: int = 200) -> float:
-        """Seconds of heard audio in 20 ms frames louder than `threshold` RMS."""
-        heard = self.heard
-        loud = sum(mulaw.level(heard[i:i + FRAME_BYTES]) > threshold
-                   for i in range(0, len(heard), FRAME_BYTES))
-        return loud * FRAME_SECONDS
-
-    def write_wav(self, path: str | Path) -> None:
-        """16-bit PCM at 8 kHz, which every player opens."""
-        wav.write(path, self.heard_pcm16(), SAMPLE_RATE)
-
-    def timeline(self) -> str:
-        lines = [f"t={e.t:7.2f}s  {e.kind:<20} {e.detail}".rstrip() for e in self.events]
-        shown = ", ".join("-" if x is None else f"{x:.2f}s" for x in self.latencies)
-        lines.append(f"turn latencies (end of caller speech -> first bot audio): {shown or '-'}")
-        if self.clears:
-            lines.append("barge-in (caller speech onset -> clear): "
-                         + ", ".join(f"{d:.2f}s" for d in self.clear_delays()))
-        for error in self.protocol_errors:
-            lines.append(f"protocol error: {error}")
-        return "\n".join(lines)
 
 
 def load_wav(path: str | Path) -> bytes:
@@ -157,6 +96,12 @@ class _Clock:
     def now(self) -> float:
         return time.monotonic() - self.t0 if self.realtime else self.frames * FRAME_SECONDS
 
+    def resync(self) -> None:
+        """A new stream after a gap without frames (a Redirect): real time does not send the
+        frames of the gap in a burst, it goes on from now."""
+        if self.realtime:
+            self.frames = int((time.monotonic() - self.t0) / FRAME_SECONDS)
+
     async def wait_next_frame(self, idle: bool) -> None:
         """A frame is sent once its 20 ms have been captured, as a phone would."""
         if self.realtime:
@@ -166,24 +111,29 @@ class _Clock:
             await asyncio.sleep(FRAME_SECONDS if idle else 0)
 
 
-def websocket_address(stream_url: str, base_url: str) -> str:
-    """Where to connect: the Stream URL's path on the gateway's actual address."""
-    stream, base = urlsplit(stream_url), urlsplit(base_url)
-    scheme = "wss" if base.scheme == "https" else "ws"
-    return urlunsplit((scheme, base.netloc, stream.path, stream.query, ""))
+def on_gateway(url: str, base_url: str) -> str:
+    """Where to send a request for `url` (TwiML's, the public one): its path and query on the
+    gateway's actual address, ws(s) for a websocket."""
+    target, base = urlsplit(url), urlsplit(base_url)
+    scheme = base.scheme
+    if target.scheme in ("ws", "wss"):
+        scheme = "wss" if base.scheme == "https" else "ws"
+    return urlunsplit((scheme, base.netloc, target.path, target.query, ""))
+
+
+websocket_address = on_gateway  # the name bench/generator.py knows
 
 
 def parse_twiml(twiml: str) -> tuple[str, dict[str, str]]:
     """The <Connect><Stream> URL and its <Parameter>s; SimulationError when there is none."""
     try:
-        root = ET.fromstring(twiml)
-    except ET.ParseError as exc:
+        verbs = call_flow.read(twiml)
+    except call_flow.TwimlError as exc:
         raise SimulationError(f"voice webhook did not answer TwiML: {exc}") from None
-    stream = root.find("./Connect/Stream")
-    if stream is None or not stream.get("url"):
-        raise SimulationError(f"TwiML has no <Connect><Stream url>: {twiml}")
-    params = {p.get("name", ""): p.get("value", "") for p in stream.findall("Parameter")}
-    return stream.get("url", ""), params
+    for verb in verbs:
+        if isinstance(verb, call_flow.Stream):
+            return verb.url, verb.parameters
+    raise SimulationError(f"TwiML has no <Connect><Stream url>: {twiml}")
 
 
 @dataclass
@@ -191,9 +141,13 @@ class SimulatedCall:
     """One call placed on the gateway at `url`, playing `turns`; `run` returns what happened.
 
     `public_url` is the base URL the gateway believes Twilio reaches it at (its
-    server.public_url) and signs the webhook; `dtmf_at` presses keys at fixed stream times; after
+    server.public_url) and signs the webhooks; `dtmf_at` presses keys at fixed stream times; after
     the last turn the caller waits up to `tail` seconds for the bot to answer and finish playing
-    (silence of `settle` seconds), then hangs up (`stop`).
+    (silence of `settle` seconds), then hangs up (`stop`). When a stream ends and the caller did
+    not hang up, the TwiML after it runs as Twilio runs it (`follow`): a `<Redirect>` is posted,
+    signed, to the gateway at `url`; a new `<Connect><Stream>` plays the turns left (one the
+    caller was saying when the line dropped is lost); `<Gather>`, `<Dial>` or `<Hangup>` end the
+    simulation, reported in `outcome`.
     """
 
     url: str
@@ -209,82 +163,144 @@ class SimulatedCall:
     settle: float = 0.8
     dtmf_at: Sequence[tuple[float, str]] = ()
     speech_threshold: int = 300
+    follow: bool = True
 
     def __post_init__(self) -> None:
         self.base = self.url.rstrip("/")
         self.validator = RequestValidator(self.auth_token)
-        self.side = TwilioSide(call_sid=self.call_sid or new_sid("CA"),
-                               account_sid=self.account_sid or new_sid("AC"),
-                               from_number=self.from_number, to_number=self.to_number)
+        self.call_sid = self.call_sid or new_sid("CA")
+        self.account_sid = self.account_sid or new_sid("AC")
+        self.playout = Playout()  # the caller's ear, whichever stream the audio came on
+        self.streams: list[TwilioSide] = []
         self.clock = _Clock(self.realtime)
         self.events: list[Event] = []
         self.errors: list[str] = []
-        self.ends: list[float] = []  # per turn: end of its speech (or its last key)
+        self.ends: list[float] = []  # per turn said: end of its speech (or its last key)
+        self.said = 0  # turns begun, on whichever stream
         self.keys = sorted((at + i * DIGIT_GAP_SECONDS, d)
                            for at, keys in self.dtmf_at for i, d in enumerate(keys))
+        self.close_code: int | None = None
+        self.outcome = ""
 
     async def run(self) -> SimulationResult:
-        twiml = await self._voice_webhook()
-        stream_url, custom = parse_twiml(twiml)
-        self.side.custom_parameters = custom
-        signature = self.validator.compute_signature(stream_url, {})
-        async with connect(websocket_address(stream_url, self.base), proxy=None,
-                           compression=None, max_size=None,
-                           additional_headers={"X-Twilio-Signature": signature}) as ws:
-            self.ws: ClientConnection = ws
-            await ws.send(self.side.connected())
-            await ws.send(self.side.start())
-            self.clock.t0 = time.monotonic()
-            self._record("call_start", f"{self.side.call_sid} {self.side.stream_sid}")
-            receiver = asyncio.create_task(self._receive())
+        signed = (self.public_url or self.base).rstrip("/") + VOICE_PATH
+        twiml = await self._request(signed, "POST", "ringing")
+        await self._follow(twiml)
+        return self._result(twiml)
+
+    async def _follow(self, twiml: str) -> None:
+        """Run TwiML as Twilio does, document after document, until the call leaves the gateway."""
+        for _ in range(MAX_DOCUMENTS):
             try:
-                await self._converse()
+                verbs = call_flow.read(twiml)
+            except call_flow.TwimlError as exc:
+                raise SimulationError(f"the gateway answered TwiML Twilio rejects: {exc}") from None
+            for verb in verbs:
+                if isinstance(verb, call_flow.Stream):
+                    if await self._stream(verb):
+                        self.outcome = "the caller hung up"
+                        return
+                    if not self.follow:
+                        self.outcome = "the stream ended (the TwiML after it was not followed)"
+                        return
+                elif isinstance(verb, call_flow.Redirect):
+                    self._record("redirect", verb.url)
+                    twiml = await self._request(verb.url, verb.method, "in-progress")
+                    break
+                elif isinstance(verb, call_flow.Say):
+                    self._record("say", verb.text)
+                else:  # Twilio's recognition, another phone, or the end: the simulation stops
+                    self.outcome = call_flow.describe(verb)
+                    self._record("twiml", self.outcome)
+                    return
+            else:
+                self.outcome = "the TwiML ended: Twilio hangs up"
+                return
+        raise SimulationError(f"{MAX_DOCUMENTS} TwiML documents in one call: the gateway loops")
+
+    async def _request(self, url: str, method: str, status: str) -> str:
+        """A webhook request as Twilio makes it: to `url` (TwiML's, the public one) on the
+        gateway's actual address, signed over `url` and the call's parameters."""
+        params = {
+            "AccountSid": self.account_sid or "", "ApiVersion": "2010-04-01",
+            "CallSid": self.call_sid or "", "CallStatus": status, "Called": self.to_number,
+            "Caller": self.from_number, "Direction": "inbound", "From": self.from_number,
+            "To": self.to_number,
+        }
+        if method == "GET":  # the parameters go in the query, which the signature covers
+            url = f"{url}{'&' if '?' in url else '?'}{urlencode(params)}"
+            params = {}
+        headers = {"X-Twilio-Signature": self.validator.compute_signature(url, params)}
+        async with httpx.AsyncClient(trust_env=False, timeout=30) as http:
+            response = await http.request(method, on_gateway(url, self.base), data=params or None,
+                                          headers=headers)
+        if response.status_code != 200:
+            raise SimulationError(f"{urlsplit(url).path} answered HTTP {response.status_code}: "
+                                  f"{response.text[:200]}")
+        return response.text
+
+    async def _stream(self, verb: call_flow.Stream) -> bool:
+        """One media stream of the call; True when the caller hung up on it."""
+        side = TwilioSide(call_sid=self.call_sid or "", account_sid=self.account_sid or "",
+                          from_number=self.from_number, to_number=self.to_number,
+                          custom_parameters=verb.parameters, playout=self.playout)
+        signature = self.validator.compute_signature(verb.url, {})
+        try:
+            ws = await connect(on_gateway(verb.url, self.base), proxy=None, compression=None,
+                               max_size=None, additional_headers={"X-Twilio-Signature": signature})
+        except (OSError, websockets.InvalidHandshake) as exc:  # Twilio goes on with the TwiML
+            if not self.streams:
+                raise
+            self._record("stream_failed", repr(exc))
+            return False
+        async with ws:
+            self.ws: ClientConnection = ws
+            self.side = side
+            await ws.send(side.connected())
+            await ws.send(side.start())
+            if self.streams:
+                self.clock.resync()
+            else:
+                self.clock.t0 = time.monotonic()
+            self.streams.append(side)
+            self.close_code = None
+            self._record("stream_start", f"{side.call_sid} {side.stream_sid}")
+            receiver = asyncio.create_task(self._receive())
+            hung_up = False
+            try:
+                hung_up = await self._converse()
             except websockets.ConnectionClosed:
                 pass
             finally:
                 await cancel_and_wait(receiver)
-            close_code = None
-            if not any(e.kind == "stop_sent" for e in self.events):
-                close_code = ws.close_code
-                self.side.playout.cut(self.clock.now())
-                self._record("gateway_closed", f"code {close_code}")
-        return self._result(twiml, close_code)
+            if not hung_up:
+                self.close_code = ws.close_code
+                self.playout.clear(self.clock.now())  # Twilio's buffer goes with the stream
+                self._record("gateway_closed", f"code {ws.close_code}")
+            return hung_up
 
-    async def _voice_webhook(self) -> str:
-        side = self.side
-        params = {
-            "AccountSid": side.account_sid, "ApiVersion": "2010-04-01",
-            "CallSid": side.call_sid, "CallStatus": "ringing", "Called": side.to_number,
-            "Caller": side.from_number, "Direction": "inbound", "From": side.from_number,
-            "To": side.to_number,
-        }
-        signed = (self.public_url or self.base).rstrip("/") + VOICE_PATH
-        async with httpx.AsyncClient(trust_env=False, timeout=30) as http:
-            response = await http.post(self.base + VOICE_PATH, data=params, headers={
-                "X-Twilio-Signature": self.validator.compute_signature(signed, params)})
-        if response.status_code != 200:
-            raise SimulationError(
-                f"voice webhook answered HTTP {response.status_code}: {response.text[:200]}")
-        return response.text
-
-    async def _converse(self) -> None:
-        since = 0.0
-        for turn in self.turns:
+    async def _converse(self) -> bool:
+        """The turns left, on this stream; True once the caller hung up."""
+        since = self.clock.now()  # a turn that waits for the bot waits for it on this stream
+        while self.said < len(self.turns):
+            turn = self.turns[self.said]
             if turn.when == "bot_idle":
                 await self._wait(lambda: self._bot_idle(since), turn.wait_limit)
             elif turn.when == "bot_speaking":
-                await self._wait(lambda: self.side.playout.playing_since(since, self.clock.now()),
+                await self._wait(lambda: self.playout.playing_since(since, self.clock.now()),
                                  turn.wait_limit)
             await self._wait(lambda: False, turn.delay)
+            self.said += 1  # said from here on, even if the line drops under it
             since = await self._play(turn)  # a reply may start while trailing silence is sent
             if turn.hang_up:
                 break
         else:
             await self._wait(lambda: not self.keys and self._bot_idle(since), self.tail)
-        self.side.playout.cut(self.clock.now())  # what would play after hanging up is unheard
+        self.playout.cut(self.clock.now())  # what would play after hanging up is unheard
         await self.ws.send(self.side.stop())
         self._record("stop_sent")
         await self.ws.close()
+        return True
 
     async def _play(self, turn: Turn) -> float:
         """The caller's part of a turn; returns when their speech (or last key) ended."""
@@ -310,7 +326,7 @@ class SimulatedCall:
     async def _frame(self, audio: bytes | None = None) -> None:
         """Send one 20 ms frame (silence by default), after due marks and key presses."""
         side, clock, send = self.side, self.clock, self.ws.send
-        await clock.wait_next_frame(idle=audio is None and not side.playout.buffered(clock.now()))
+        await clock.wait_next_frame(idle=audio is None and not self.playout.buffered(clock.now()))
         now = clock.now()
         for name in side.due_marks(now):
             await send(side.mark(name))
@@ -337,7 +353,7 @@ class SimulatedCall:
 
     def _bot_idle(self, since: float) -> bool:
         """The bot has spoken since `since` and its audio has played out, marks echoed."""
-        playout = self.side.playout
+        playout = self.playout
         return (playout.spoke_since(since) and playout.quiet_for(self.clock.now()) >= self.settle
                 and not self.side.echoing)
 
@@ -349,9 +365,9 @@ class SimulatedCall:
     def _record(self, kind: str, detail: str = "", t: float | None = None) -> None:
         self.events.append(Event(self.clock.now() if t is None else t, kind, detail))
 
-    def _result(self, twiml: str, close_code: int | None) -> SimulationResult:
+    def _result(self, twiml: str) -> SimulationResult:
         duration = self.clock.now()
-        playout = self.side.playout
+        playout = self.playout
         # Speech the caller never got to say (the gateway hung up first) did not happen.
         events = [e for e in self.events if e.t <= duration]
         for start, stop in playout.spans():
@@ -363,9 +379,10 @@ class SimulatedCall:
                           if s.audio and s.arrival >= end), None)
             latencies.append(None if first is None else first - end)
         events.sort(key=lambda e: e.t)
-        return SimulationResult(self.side.call_sid, self.side.stream_sid, twiml,
-                                playout.render(duration), events, latencies, self.errors,
-                                close_code, duration, self.clock.t0)
+        return SimulationResult(
+            self.call_sid or "", [side.stream_sid for side in self.streams], twiml,
+            playout.render(duration), events, latencies, self.errors, self.close_code, duration,
+            outcome=self.outcome, started_at=self.clock.t0)
 
 
 async def simulate_call(url: str, turns: Sequence[Turn], **options: Any) -> SimulationResult:

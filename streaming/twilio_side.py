@@ -121,7 +121,8 @@ class TwilioSide:
     from_number: str = "+34600000001"
     to_number: str = "+34910000000"
     custom_parameters: dict[str, str] | None = None  # None: callSid, from and to, as our TwiML
-    playout: Playout = field(default_factory=Playout, init=False)
+    # A later stream of the same call plays on into the caller's ear: pass the earlier playout.
+    playout: Playout = field(default_factory=Playout)
     sequence: int = field(default=0, init=False)
     chunk: int = field(default=0, init=False)
     timestamp: int = field(default=0, init=False)  # ms of audio sent

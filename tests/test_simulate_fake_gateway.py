@@ -48,17 +48,44 @@ class FakeGateway:
     greeting_seconds: float = 1.0
     reply_seconds: float = 0.5
     clear_on_speech: bool = False
-    hang_up_after_reply: bool = False
+    hang_up_after_reply: bool = False  # close the call's first stream after its first reply
     misbehave: bool = False
     public_url: str = ""
+    # TwiML after </Connect>; the documents /webhook/twilio/next answers, in turn (the last one
+    # again and again); what was posted to it.
+    after_connect: str = ""
+    next_documents: list[str] = field(default_factory=list)
+    next_requests: list[tuple[str, dict[str, str]]] = field(default_factory=list)
     received: list[dict[str, Any]] = field(default_factory=list)
     voice_form: dict[str, str] = field(default_factory=dict)
 
     def app(self) -> Starlette:
         return Starlette(routes=[
             Route("/webhook/twilio/voice", self.voice, methods=["POST"]),
+            Route("/webhook/twilio/next", self.next, methods=["POST"]),
             WebSocketRoute("/webhook/twilio/stream", self.stream),
         ])
+
+    def stream_twiml(self, host: str, scheme: str, form: dict[str, Any], leg: str = "1") -> str:
+        return (
+            f'<?xml version="1.0" encoding="UTF-8"?><Response><Connect>'
+            f'<Stream url="{scheme}://{host}/webhook/twilio/stream">'
+            f'<Parameter name="callSid" value="{form["CallSid"]}"/>'
+            f'<Parameter name="from" value="{form["From"]}"/>'
+            f'<Parameter name="leg" value="{leg}"/></Stream></Connect>{self.after_connect}'
+            f'</Response>'
+        )
+
+    async def next(self, request: Request) -> Response:
+        form = dict(await request.form())
+        if not RequestValidator(TOKEN).validate(
+            str(request.url), form, request.headers.get("X-Twilio-Signature", "")
+        ):
+            return Response("forbidden", status_code=403)
+        self.next_requests.append((str(request.url), form))
+        document = self.next_documents[min(len(self.next_requests), len(self.next_documents)) - 1]
+        return Response(document.format(host=request.headers["host"], **form),
+                        media_type="application/xml")
 
     def signed_url(self, url: str) -> str:
         if not self.public_url:
@@ -76,13 +103,7 @@ class FakeGateway:
         self.voice_form = form
         host = self.public_url.split("://", 1)[1] if self.public_url else request.headers["host"]
         scheme = "wss" if self.public_url else "ws"
-        twiml = (
-            f'<?xml version="1.0" encoding="UTF-8"?><Response><Connect>'
-            f'<Stream url="{scheme}://{host}/webhook/twilio/stream">'
-            f'<Parameter name="callSid" value="{form["CallSid"]}"/>'
-            f'<Parameter name="from" value="{form["From"]}"/></Stream></Connect></Response>'
-        )
-        return Response(twiml, media_type="application/xml")
+        return Response(self.stream_twiml(host, scheme, form), media_type="application/xml")
 
     async def stream(self, ws: WebSocket) -> None:
         signature = ws.headers.get("X-Twilio-Signature", "")
@@ -118,7 +139,7 @@ class FakeGateway:
                         if quiet == 10:  # 200 ms of silence ends the utterance
                             loud = 0
                             await self.speak(ws, sid, self.reply_seconds, "reply")
-                            if self.hang_up_after_reply:
+                            if self.hang_up_after_reply and len(self.events("start")) == 1:
                                 await ws.close(code=1000)
                                 return
                 elif event == "stop":
@@ -169,7 +190,8 @@ async def test_a_call_speaks_like_twilio_and_plays_the_replies(fake):
     assert kinds[:2] == ["connected", "start"] and kinds[-1] == "stop"
     start = gateway.received[1]["start"]
     assert start["callSid"] == result.call_sid and start["streamSid"] == result.stream_sid
-    assert start["customParameters"] == {"callSid": result.call_sid, "from": "+34600111222"}
+    assert start["customParameters"] == {"callSid": result.call_sid, "from": "+34600111222",
+                                         "leg": "1"}
     media = gateway.events("media")
     assert [m["media"]["chunk"] for m in media] == [str(i) for i in range(1, len(media) + 1)]
     assert [m["media"]["timestamp"] for m in media[:3]] == ["0", "20", "40"]
@@ -255,6 +277,75 @@ async def test_the_gateway_hanging_up_ends_the_simulation(fake):
     # Audio still buffered when the websocket closes is never played (goodbyes get cut off).
     assert closed and result.times("bot_audio_stop")[-1] <= closed[0]
     assert "reply" not in result.marks
+
+
+REDIRECT = '<Redirect method="POST">http://{host}/webhook/twilio/next?step=1</Redirect>'
+NEW_STREAM = ('<Response><Connect><Stream url="ws://{host}/webhook/twilio/stream">'
+              '<Parameter name="callSid" value="{CallSid}"/><Parameter name="leg" value="2"/>'
+              '</Stream></Connect></Response>')
+
+
+async def test_when_the_gateway_drops_the_stream_the_redirect_brings_a_new_one(fake):
+    gateway, server = fake
+    gateway.hang_up_after_reply = True  # the first stream ends after one reply
+    gateway.after_connect = REDIRECT.replace("{host}", server.url.removeprefix("http://"))
+    gateway.next_documents = [NEW_STREAM]
+    result = await simulate_call(server.url, [Turn(audio=tone(0.3)), Turn(audio=tone(0.3))],
+                                 auth_token=TOKEN, realtime=False, tail=3)
+
+    # Twilio's request for the Redirect: signed over its whole URL, the call still in progress.
+    ((url, form),) = gateway.next_requests
+    assert url.endswith("/webhook/twilio/next?step=1")
+    assert (form["CallSid"], form["CallStatus"]) == (result.call_sid, "in-progress")
+    first, second = result.stream_sids
+    assert first != second
+    starts = gateway.events("start")
+    assert [m["start"]["customParameters"]["leg"] for m in starts] == ["1", "2"]
+    assert [m["start"]["callSid"] for m in starts] == [result.call_sid] * 2
+    assert [m["streamSid"] for m in starts] == [first, second]
+    # The second turn is said on the second stream, after its greeting played.
+    second_stream = next(e.t for e in result.events if e.kind == "stream_start"
+                         and second in e.detail)
+    assert result.times("caller_speech_start")[1] > second_stream
+    assert result.marks == ["greeting", "greeting", "reply"]
+    # (fast mode: the clock stands still between the streams)
+    assert result.times("gateway_closed")[0] <= result.times("redirect")[0] <= second_stream
+    assert result.outcome == "the caller hung up" and result.close_code is None
+    assert result.latencies[1] is not None  # the second stream's reply was heard
+    assert "call: the caller hung up" in result.timeline()
+
+
+async def test_the_twiml_after_the_stream_is_reported_where_the_simulation_ends(fake):
+    gateway, server = fake
+    gateway.hang_up_after_reply = True
+    gateway.after_connect = REDIRECT.replace("{host}", server.url.removeprefix("http://"))
+    gateway.next_documents = ["<Response><Say>Le paso.</Say><Dial action=\"x\">"
+                              "<Number>+34911234567</Number></Dial></Response>"]
+    result = await simulate_call(server.url, [Turn(audio=tone(0.3)), Turn(audio=tone(0.3))],
+                                 auth_token=TOKEN, realtime=False, tail=3)
+    assert result.outcome == "<Dial> +34911234567"
+    assert [e.detail for e in result.events if e.kind == "say"] == ["Le paso."]
+    assert len(result.stream_sids) == 1 and len(result.latencies) == 1  # the 2nd turn: no line
+    assert result.close_code == 1000
+
+
+async def test_not_following_stops_when_the_stream_ends(fake):
+    gateway, server = fake
+    gateway.hang_up_after_reply = True
+    gateway.after_connect = REDIRECT.replace("{host}", server.url.removeprefix("http://"))
+    result = await simulate_call(server.url, [Turn(audio=tone(0.3), when="now")],
+                                 auth_token=TOKEN, realtime=False, tail=3, follow=False)
+    assert gateway.next_requests == [] and result.outcome.startswith("the stream ended")
+
+
+async def test_a_gateway_that_redirects_forever_is_reported(fake):
+    gateway, server = fake
+    gateway.hang_up_after_reply = True
+    gateway.after_connect = REDIRECT.replace("{host}", server.url.removeprefix("http://"))
+    gateway.next_documents = ["<Response>" + REDIRECT + "</Response>"]
+    with pytest.raises(SimulationError, match="loops"):
+        await simulate_call(server.url, [Turn(audio=tone(0.3), when="now")], auth_token=TOKEN,
+                            realtime=False, tail=3)
 
 
 async def test_messages_twilio_would_reject_are_reported(fake):
