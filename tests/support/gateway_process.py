@@ -57,6 +57,11 @@ class GatewayProcess:
     def signal(self, sig: int = signal.SIGTERM) -> None:
         self.process.send_signal(sig)
 
+    def kill(self) -> None:
+        """`kill -9` of the instance: the server and every process it started, at once."""
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(10)
+
     def wait(self, timeout: float) -> int:
         return self.process.wait(timeout)
 
@@ -106,18 +111,34 @@ class GatewayProcess:
         self.log.seek(0)
         return self.log.read().decode(errors="replace")
 
+    def records(self, event: str) -> list[dict[str, object]]:
+        """The JSON log records of `event`, in order."""
+        return [record for line in self.output().splitlines() if line.startswith("{")
+                and (record := json.loads(line)).get("event") == event]
+
+
+@contextmanager
+def rasa_bot(bot: RasaBot | None = None) -> Iterator[tuple[RasaBot, str]]:
+    """A Rasa-compatible bot on loopback, for gateway processes to share: (bot, its base URL)."""
+    bot = bot or RasaBot()
+    with running(bot.app()) as server:
+        yield bot, server.url
+
 
 @contextmanager
 def gateway_process(workers: int = 1, drain_timeout: float = 60, start_timeout: float = 60,
-                    env: Mapping[str, str] | None = None) -> Iterator[GatewayProcess]:
-    """The gateway on a free port; `env` adds settings (SERVER_MAX_ACTIVE_CALLS=2)."""
-    bot = RasaBot()
+                    env: Mapping[str, str] | None = None,
+                    rasa: tuple[RasaBot, str] | None = None) -> Iterator[GatewayProcess]:
+    """The gateway on a free port; `env` adds settings (SERVER_MAX_ACTIVE_CALLS=2). It talks to
+    `rasa` (from `rasa_bot`: instances sharing one conversation store), else a bot of its own."""
     port = free_port()
-    with running(bot.app()) as rasa:
+    with contextlib.ExitStack() as stack:
+        bot, rasa_url = rasa or stack.enter_context(rasa_bot())
         env = {
             **os.environ,
             "TWILIO_AUTH_TOKEN": AUTH_TOKEN, "TWILIO_ACCOUNT_SID": "AC" + "0" * 32,
-            "TWILIO_API_BASE_URL": "http://127.0.0.1:9", "RASA_URL": f"{rasa.url}/webhooks/rest/webhook",
+            "TWILIO_API_BASE_URL": "http://127.0.0.1:9",
+            "RASA_URL": f"{rasa_url}/webhooks/rest/webhook",
             "STT_ENGINE": "null", "TTS_ENGINE": "null", "SERVER_HOST": "127.0.0.1",
             "SERVER_PUBLIC_URL": "", "SERVER_DRAIN_TIMEOUT_SECONDS": str(drain_timeout),
             "LOGGING_LEVEL": "INFO", **(env or {}),
@@ -167,11 +188,13 @@ class LiveCall:
     @classmethod
     @asynccontextmanager
     async def open(cls, url: str, call_sid: str, stream_sid: str | None = None,
-                   token: str = AUTH_TOKEN) -> AsyncIterator[LiveCall]:
-        """Connect to the stream websocket at `url` (signed with `token`) and start the call
-        (its stream named `stream_sid`, a new SID by default)."""
-        async with connect(url, proxy=None, open_timeout=10,
-                           additional_headers=signed_headers(url, token=token)) as ws:
+                   token: str = AUTH_TOKEN,
+                   signed_url: str | None = None) -> AsyncIterator[LiveCall]:
+        """Connect to the stream websocket at `url` (signed with `token` over `signed_url`, the
+        gateway's public one; default `url`) and start the call (its stream named `stream_sid`,
+        a new SID by default)."""
+        headers = signed_headers(signed_url or url, token=token)
+        async with connect(url, proxy=None, open_timeout=10, additional_headers=headers) as ws:
             twilio = TwilioSide(call_sid=call_sid, stream_sid=stream_sid or new_sid("MZ"))
             await ws.send(twilio.connected())
             await ws.send(twilio.start())
