@@ -12,12 +12,13 @@ from typing import Any
 import pytest
 import yaml
 
-from app import config
+from app import config, metrics
 from app.config import Settings, load_settings
 from app.server import CLOSE_SECONDS, create_app
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 NGINX_SITE = DEPLOY / "nginx" / "voice-gateway.conf"
+LIVE_CALLS = DEPLOY / "k8s-live-calls"
 
 
 def manifests() -> dict[str, dict[str, Any]]:
@@ -105,6 +106,68 @@ def test_ingress_keeps_call_websockets_open(k8s: dict[str, dict[str, Any]]) -> N
         assert int(notes[f"nginx.ingress.kubernetes.io/{key}"]) >= 3600
     paths = [p["path"] for p in k8s["Ingress"]["spec"]["rules"][0]["http"]["paths"]]
     assert all("/webhook/twilio/stream".startswith(p) for p in paths)
+
+
+def live_calls_overlay() -> dict[str, Any]:
+    """deploy/k8s-live-calls by file name (its one document each)."""
+    return {path.name: yaml.safe_load(path.read_text(encoding="utf-8"))
+            for path in sorted(LIVE_CALLS.glob("*.yaml"))}
+
+
+def test_the_live_calls_overlay_scales_the_base_hpa_on_a_metric_the_gateway_serves(
+    k8s: dict[str, dict[str, Any]],
+) -> None:
+    files = live_calls_overlay()
+    kustomization = files["kustomization.yaml"]
+    assert kustomization["resources"][0] == "../k8s"
+    used = {*kustomization["resources"][1:], *(p["path"] for p in kustomization["patches"])}
+    assert used | {"kustomization.yaml", "prometheus-adapter.yaml"} == set(files)
+    patch = files["hpa-live-calls.yaml"]
+    assert (patch["kind"], patch["metadata"]["name"]) == (
+        "HorizontalPodAutoscaler", k8s["HorizontalPodAutoscaler"]["metadata"]["name"])
+    pods = next(m["pods"] for m in patch["spec"]["metrics"] if m["type"] == "Pods")
+    name = pods["metric"]["name"]
+    assert f"\n{name} " in metrics.render().decode()  # a gauge of every gateway's /metrics
+    # Pods scale out well before they are full (new calls then get the Gather path).
+    full = configmap_settings(k8s).server.max_active_calls
+    assert pods["target"]["type"] == "AverageValue"
+    assert 0 < int(pods["target"]["averageValue"]) <= 0.8 * full
+
+
+def test_prometheus_scrapes_the_pods_and_the_adapter_serves_the_hpa_its_metric(
+    k8s: dict[str, dict[str, Any]],
+) -> None:
+    files = live_calls_overlay()
+    monitor = files["podmonitor.yaml"]["spec"]
+    labels = k8s["Deployment"]["spec"]["template"]["metadata"]["labels"]
+    assert monitor["selector"]["matchLabels"].items() <= labels.items()
+    (endpoint,) = monitor["podMetricsEndpoints"]
+    assert endpoint["port"] in {port["name"] for port in container(k8s)["ports"]}
+    assert endpoint["path"] in {getattr(r, "path", None) for r in create_app(Settings()).routes}
+    hpa_metrics = files["hpa-live-calls.yaml"]["spec"]["metrics"]
+    hpa_metric = next(m["pods"]["metric"]["name"] for m in hpa_metrics if m["type"] == "Pods")
+    (rule,) = files["prometheus-adapter.yaml"]["rules"]["custom"]
+    assert rule["seriesQuery"].startswith(hpa_metric + "{")
+    assert rule["name"]["as"] == hpa_metric
+    # Per pod: the HPA asks for the metric of each pod it scales.
+    assert rule["resources"]["overrides"] == {"namespace": {"resource": "namespace"},
+                                              "pod": {"resource": "pod"}}
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed")
+def test_kustomize_builds_the_base_and_the_live_calls_overlay() -> None:
+    def build(folder: Path) -> dict[str, dict[str, Any]]:
+        done = subprocess.run(["kubectl", "kustomize", str(folder)], capture_output=True,
+                              text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        return {doc["kind"]: doc for doc in yaml.safe_load_all(done.stdout)}
+
+    base, overlay = build(DEPLOY / "k8s"), build(LIVE_CALLS)
+    assert set(overlay) == set(base) | {"PodMonitor"}
+    assert [m["type"] for m in base["HorizontalPodAutoscaler"]["spec"]["metrics"]] == ["Resource"]
+    scaled = overlay["HorizontalPodAutoscaler"]["spec"]
+    assert [m["type"] for m in scaled["metrics"]] == ["Pods", "Resource"]  # replaced, not merged
+    assert scaled["behavior"] == base["HorizontalPodAutoscaler"]["spec"]["behavior"]
 
 
 def test_nginx_site_proxies_websocket_upgrades() -> None:
