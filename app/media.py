@@ -13,6 +13,7 @@ connect (`admit`) and what carries out the call's endings and watches it (`link`
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ from app.twiml import STREAM_PATH
 from streaming import metrics
 from streaming.ports import CallControl, CallEvents, CallInfo
 from streaming.protocol import Dtmf, Mark, Media, ProtocolError, Start, Stop, StreamState
-from streaming.session import CallSession
+from streaming.session import CallSession, Phase
 from streaming.settings import SessionConfig
 from streaming.tasks import cancel_and_wait
 
@@ -188,13 +189,28 @@ class _Stream:
             await session.start()
         # The session may end the call itself (call-control failure, Twilio never stopping the
         # stream after a transfer): then the socket is closed, and Twilio runs the TwiML that
-        # follows <Connect> (the fallback).
+        # follows <Connect> (the resume webhook).
         self._watcher = asyncio.create_task(self._close_when_finished(session),
                                             name=f"stream-watcher:{call.call_sid}")
         return session
 
     async def _close_when_finished(self, session: CallSession) -> None:
-        await session.finished.wait()
+        """Close the socket once the session is done with the call, or once Twilio's frames
+        stopped coming for call.media_timeout_seconds: the connection is gone though the socket
+        has not noticed, and Twilio may have resumed the call on another instance already, so
+        the session stops at once rather than act on it (a reprompt, a transfer)."""
+        timeout = self.gateway.settings.call.media_timeout_seconds
+        seen = -1
+        while not session.finished.is_set():
+            if session.frames == seen and session.phase is not Phase.ENDING:
+                metrics.MEDIA_TIMEOUTS.inc()
+                logger.warning("no media for %g s: the stream is gone", timeout, extra={
+                    "event": "media_stopped", "call_sid": session.call.call_sid})
+                await session.aclose()
+                break
+            seen = session.frames
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(session.finished.wait(), timeout)
         await self._close_socket(1000)
 
     async def send_text(self, text: str) -> None:

@@ -24,6 +24,10 @@ STT_FEED_ERRORS = Counter(
 TURNS = Counter(f"{_PREFIX}turns", "Caller turns (speech or DTMF) sent to the bot.")
 BARGE_INS = Counter(f"{_PREFIX}barge_ins", "Replies interrupted by the caller (audio cleared).")
 NO_INPUT = Counter(f"{_PREFIX}no_input", "Silences that led to a reprompt or a transfer.")
+MEDIA_TIMEOUTS = Counter(
+    f"{_PREFIX}media_timeouts",
+    "Streams closed because Twilio's media frames stopped (a network cut the socket missed).",
+)
 MAX_DURATION = Counter(f"{_PREFIX}max_duration",
                        "Calls hung up because they reached call.max_duration_seconds.")
 BOT_ERRORS = Counter(f"{_PREFIX}bot_errors", "Bot requests that failed (apology, then transfer).")

@@ -120,6 +120,11 @@ class CallSession:
         return self._closed.is_set()
 
     @property
+    def frames(self) -> int:
+        """Inbound media frames handled so far."""
+        return self._frames
+
+    @property
     def phase(self) -> Phase:
         if self._ending:
             return Phase.ENDING

@@ -80,6 +80,9 @@ class CallSettings:
     max_resumes: Annotated[int, between(0, 20)] = 2
     # The longest a call lasts, its resumed streams included: then prompts.goodbye and a hang-up.
     max_duration_seconds: PositiveFloat = 1800.0
+    # Twilio sends a media frame every 20 ms while a stream lives, silence included: none for
+    # this long means the connection is gone (a network cut the socket has not noticed yet).
+    media_timeout_seconds: PositiveFloat = 10.0
 
 
 @dataclass(frozen=True, slots=True)

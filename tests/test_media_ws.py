@@ -20,7 +20,7 @@ from websockets.exceptions import ConnectionClosed
 
 from app import media
 from streaming.twilio_side import TwilioSide
-from tests.support.gateway import AUTH_TOKEN, RunningGateway, null_gateway
+from tests.support.gateway import AUTH_TOKEN, RunningGateway, null_gateway, running_gateway
 from tests.support.gateway_process import LiveCall
 from tests.support.twilio_sign import signed_headers
 
@@ -243,3 +243,32 @@ async def test_streams_racing_for_one_call_leave_one_session(gw: RunningGateway,
     await until(lambda: not gw.gateway.calls, what="call unregistered")
     assert await asyncio.to_thread(gw.wait_settled, before) == []
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_a_stream_whose_media_stopped_is_closed_and_its_session_stops() -> None:
+    """A network cut the socket has not noticed: Twilio's frames (every 20 ms while the stream
+    lives) stop. The session stops rather than act on a call Twilio may have resumed elsewhere;
+    a stream that keeps streaming stays, however long nobody speaks."""
+    with running_gateway(stt={"engine": "null"}, tts={"engine": "null"},
+                         call={"media_timeout_seconds": 0.5}) as quick:
+        timeouts = REGISTRY.get_sample_value("gateway_stream_media_timeouts_total") or 0.0
+        before = quick.tasks()
+        live = TwilioSide(call_sid="CA" + "9c" * 16, stream_sid="MZ" + "0d" * 16)
+        silent = TwilioSide(call_sid="CA" + "ae" * 16, stream_sid="MZ" + "1f" * 16)
+        async with open_stream(quick) as streaming, open_stream(quick) as cut:
+            for ws, twilio in ((streaming, live), (cut, silent)):
+                await ws.send(twilio.connected())
+                await ws.send(twilio.start())
+            await until(lambda: len(quick.gateway.calls) == 2, what="two calls registered")
+            session = quick.gateway.calls[silent.call_sid]
+            for _ in range(100):  # 2 s of frames on one stream, none on the other
+                await streaming.send(live.media())
+                await asyncio.sleep(0.02)
+            assert await closed_with(cut) == 1000
+            assert session.closed and silent.call_sid not in quick.gateway.calls
+            assert live.call_sid in quick.gateway.calls and streaming.close_code is None
+            await streaming.send(live.stop())
+            assert await closed_with(streaming) == 1000
+        assert (REGISTRY.get_sample_value("gateway_stream_media_timeouts_total")
+                == timeouts + 1)
+        assert await asyncio.to_thread(quick.wait_settled, before) == []
