@@ -19,15 +19,17 @@ from app.config import Settings
 from app.engines import build_tts
 from app.prompts import greeting_text
 from app.simulate import SimulatedCall, SimulationResult, Turn, load_wav, simulate_call
+from app.twiml import STREAM_PATH
 from audio import mulaw
+from audio.framing import SAMPLE_RATE
 from streaming.playback import split_sentences
+from streaming.tts.null import NullTextToSpeech
 from tests.support.balancer import Balancer, balancing
 from tests.support.caller_audio import SILENT_FRAME
 from tests.support.gateway_process import (
     AUTH_TOKEN,
     NULL_FINAL,
     NULL_TEXT,
-    STREAM_PATH,
     GatewayProcess,
     LiveCall,
     gateway_process,
@@ -112,9 +114,9 @@ def heard_as(result: SimulationResult, stream: int, spoken: list[bytes]) -> tupl
     second, each other one within 0.1 s after the one before (in fast mode a sentence may come a
     few ms after the last one played out); espeak itself differs by a step of mu-law here and
     there."""
-    at = round(result.times("stream_start")[stream] * 8000)
+    at = round(result.times("stream_start")[stream] * SAMPLE_RATE)
     heard = pcm(result.heard)
-    worst, window = 1.0, 4000
+    worst, window = 1.0, SAMPLE_RATE // 2
     for sentence in map(pcm, spoken):
         size, norm = len(sentence), np.linalg.norm(sentence)
         scores = [heard[at + shift:at + shift + size] @ sentence
@@ -123,7 +125,7 @@ def heard_as(result: SimulationResult, stream: int, spoken: list[bytes]) -> tupl
         if not scores:  # the caller heard less than that
             return 0.0, at
         best = int(np.argmax(scores))
-        worst, at, window = min(worst, float(scores[best])), at + best + size, 800
+        worst, at, window = min(worst, float(scores[best])), at + best + size, SAMPLE_RATE // 10
     return worst, at
 
 
@@ -171,7 +173,7 @@ async def test_a_call_goes_on_on_another_instance_after_kill_9_of_its_own() -> N
         assert resumed > 0.9, result.timeline()
         assert heard_as(result, 1, greeting)[0] < 0.5
         # All of it, then quiet: the caller speaks next.
-        assert mulaw.rms(mulaw.decode(result.heard[end:end + 4000])) < 50
+        assert mulaw.rms(mulaw.decode(result.heard[end:end + SAMPLE_RATE // 2])) < 50
 
         assert await sample(second, "gateway_resumes_total", outcome="stream") == 1
         assert '"event": "stream_resumed"' in second.output()
@@ -285,8 +287,9 @@ async def test_the_longest_call_hears_goodbye_and_is_hung_up() -> None:
         assert result.outcome == "<Hangup>"
         (_, greeting_end), (goodbye, goodbye_end) = spans(result)
         assert goodbye >= 2.0 > greeting_end  # real time: the limit counts from the call's start
-        # The null synthesizer speaks 60 ms per character: the goodbye, whole.
-        assert abs(goodbye_end - goodbye - len("".join(split_sentences(PROMPTS.goodbye))) * 0.06
+        # The null synthesizer speaks so many ms per character: the goodbye, whole.
+        characters = len("".join(split_sentences(PROMPTS.goodbye)))
+        assert abs(goodbye_end - goodbye - characters * NullTextToSpeech().ms_per_char / 1000
                    ) < 0.1
         assert await sample(gateway, "gateway_stream_max_duration_total") == 1
         assert await sample(gateway, "gateway_resumes_total", outcome="handover") == 1
