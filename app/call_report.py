@@ -4,7 +4,7 @@ call's clock, the audio the caller heard, the turns' latencies, and the timeline
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from audio import mulaw, wav
@@ -35,6 +35,9 @@ class SimulationResult:
     duration: float
     outcome: str = ""  # how the simulation ended: the caller hung up, or the TwiML verb it ran
     started_at: float = 0.0  # time.monotonic() at stream time 0 (real time: to compare clocks)
+    ends: list[float] = field(default_factory=list)  # per turn: stream time the caller stopped
+    # Wall seconds from the voice webhook's answer to the gateway's first audio (the greeting).
+    first_audio: float | None = None
 
     @property
     def stream_sid(self) -> str:
@@ -75,6 +78,13 @@ class SimulationResult:
 
     def timeline(self) -> str:
         lines = [f"t={e.t:7.2f}s  {e.kind:<20} {e.detail}".rstrip() for e in self.events]
+        if self.first_audio is not None:
+            lines.append(f"first bot audio {self.first_audio:.2f}s after the voice webhook "
+                         "answered")
+        for number, (end, latency) in enumerate(zip(self.ends, self.latencies), start=1):
+            heard = ("no bot audio after it" if latency is None else
+                     f"first bot audio at t={end + latency:.2f}s: waited {latency:.2f}s")
+            lines.append(f"turn {number}: the caller stopped at t={end:.2f}s, {heard}")
         shown = ", ".join("-" if x is None else f"{x:.2f}s" for x in self.latencies)
         lines.append(f"turn latencies (end of caller speech -> first bot audio): {shown or '-'}")
         if self.clears:

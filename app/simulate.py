@@ -177,6 +177,8 @@ class SimulatedCall:
         self.errors: list[str] = []
         self.ends: list[float] = []  # per turn said: end of its speech (or its last key)
         self.said = 0  # turns begun, on whichever stream
+        self.answered_at = 0.0  # time.monotonic() when the voice webhook answered
+        self.first_audio_at: float | None = None  # time.monotonic() of the first bot audio
         self.keys = sorted((at + i * DIGIT_GAP_SECONDS, d)
                            for at, keys in self.dtmf_at for i, d in enumerate(keys))
         self.close_code: int | None = None
@@ -185,6 +187,7 @@ class SimulatedCall:
     async def run(self) -> SimulationResult:
         signed = (self.public_url or self.base).rstrip("/") + VOICE_PATH
         twiml = await self._request(signed, "POST", "ringing")
+        self.answered_at = time.monotonic()
         await self._follow(twiml)
         return self._result(twiml)
 
@@ -342,8 +345,11 @@ class SimulatedCall:
         async for data in self.ws:
             now = self.clock.now()
             try:
-                if self.side.receive(data, now) == "clear":
+                event = self.side.receive(data, now)
+                if event == "clear":
                     self._record("clear", t=now)
+                elif event == "media" and self.first_audio_at is None:
+                    self.first_audio_at = time.monotonic()
             except ProtocolError as exc:
                 if exc.reason == "binary_frame":
                     self.errors.append(f"t={now:.2f}s binary frame (Twilio error 31950)")
@@ -379,10 +385,13 @@ class SimulatedCall:
                           if s.audio and s.arrival >= end), None)
             latencies.append(None if first is None else first - end)
         events.sort(key=lambda e: e.t)
+        first_audio = (None if self.first_audio_at is None
+                       else self.first_audio_at - self.answered_at)
         return SimulationResult(
             self.call_sid or "", [side.stream_sid for side in self.streams], twiml,
             playout.render(duration), events, latencies, self.errors, self.close_code, duration,
-            outcome=self.outcome, started_at=self.clock.t0)
+            outcome=self.outcome, started_at=self.clock.t0, ends=list(self.ends),
+            first_audio=first_audio)
 
 
 async def simulate_call(url: str, turns: Sequence[Turn], **options: Any) -> SimulationResult:

@@ -1,13 +1,14 @@
 """DTMF keys collected into one caller input: until the finish key, the digit limit, or a pause.
 
 One timer, restarted by every key; whatever ends the collection hands the digits (possibly none:
-the finish key alone) to `deliver`. A bot's `collect_dtmf` payload changes the rules for the
+the finish key alone) to `deliver`, with the time of the last key (where the turn's wait starts). A bot's `collect_dtmf` payload changes the rules for the
 next input only (`expect`); otherwise the `call.dtmf_*` settings apply.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from time import monotonic
 
 from streaming.actions import CollectDigits
 from streaming.tasks import OneShotTimer
@@ -15,11 +16,12 @@ from streaming.tasks import OneShotTimer
 
 class DigitCollector:
     def __init__(self, finish_key: str, timeout_seconds: float,
-                 deliver: Callable[[str], None]) -> None:
+                 deliver: Callable[[str, float], None]) -> None:
         self._defaults = CollectDigits(None, finish_key, timeout_seconds)
         self._rules = self._defaults
         self._deliver = deliver
         self._digits: list[str] = []
+        self._last_key = 0.0  # monotonic time of the latest key
         self._pause = OneShotTimer(self._finish)
 
     @property
@@ -37,6 +39,7 @@ class DigitCollector:
 
     def press(self, digit: str) -> None:
         rules = self._rules
+        self._last_key = monotonic()
         if digit == rules.finish_on_key:
             self._finish()
             return
@@ -55,4 +58,4 @@ class DigitCollector:
         self._pause.cancel()
         digits = "".join(self._digits)
         self._digits.clear()
-        self._deliver(digits)
+        self._deliver(digits, self._last_key)

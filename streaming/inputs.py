@@ -25,7 +25,10 @@ from streaming.tasks import OneShotTimer
 class Utterance:
     text: str
     source: Literal["speech", "dtmf"]
-    heard_at: float  # monotonic time the input was complete: turn latency starts here
+    heard_at: float  # monotonic time the input was complete (final transcript, digits)
+    # When the caller's input ended (their speech by the VAD, their last key): the turn's wait
+    # starts here. None when the VAD saw no speech end before the transcript.
+    ended_at: float | None = None
 
 
 class Silence:
@@ -50,9 +53,9 @@ class CallerInputs:
         """The caller has the floor and does nothing with it: the no-input condition."""
         return self._has_floor() and not self.digits.pending and self._queue.empty()
 
-    def speech(self, text: str) -> None:
+    def speech(self, text: str, ended_at: float | None) -> None:
         self.disarm()
-        self._queue.put_nowait(Utterance(text, "speech", monotonic()))
+        self._queue.put_nowait(Utterance(text, "speech", monotonic(), ended_at))
 
     async def next(self) -> Utterance | Silence | TimeUp:
         return await self._queue.get()
@@ -79,8 +82,8 @@ class CallerInputs:
         if self.silent():
             self._queue.put_nowait(Silence())
 
-    def _on_digits(self, digits: str) -> None:
+    def _on_digits(self, digits: str, last_key_at: float) -> None:
         if digits:
-            self._queue.put_nowait(Utterance(digits, "dtmf", monotonic()))
+            self._queue.put_nowait(Utterance(digits, "dtmf", monotonic(), last_key_at))
         else:  # the finish key alone: still the caller's turn
             self.arm()

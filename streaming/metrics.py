@@ -70,3 +70,21 @@ BOT_LATENCY = Histogram(
     buckets=(0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 4.0,
              8.0),
 )
+
+_turn_stages = Histogram(
+    "gateway_turn_stage_seconds",
+    "Caller turns by stage (streaming/turns.py): endpointing (end of speech by the gateway's VAD, "
+    "or last key, to the final input), bot (Rasa round trip), synthesis (reply text to its first "
+    "audio), total (end of speech to the reply's first audio sent).",
+    ["stage"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 1.0, 1.25, 1.5,
+             2.0, 2.5, 3.0, 4.0, 5.0, 8.0),
+)
+TURN_STAGES = {stage: _turn_stages.labels(stage)
+               for stage in ("endpointing", "bot", "synthesis", "total")}
+GREETING_LATENCY = Histogram(
+    f"{_PREFIX}greeting_seconds",
+    "The stream's start event to the greeting's first audio sent (the gateway's share of the "
+    "time to first greeting).",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0),
+)

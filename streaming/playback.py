@@ -17,15 +17,26 @@ import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from time import monotonic
-from typing import Any
+from typing import Any, Protocol
 
 from audio.framing import SAMPLE_RATE, Rechunker
 from streaming import metrics
 from streaming.ports import TextToSpeech
 from streaming.protocol import clear_message, mark_message, media_message
 
-# What goes to the socket: a message, and for the turn's first audio when its input was heard.
-Outgoing = tuple[str, float | None]
+
+class FirstAudio(Protocol):
+    """Told about a reply's first audio (streaming/turns.py): at stage boundaries, not per chunk."""
+
+    def synthesized(self, seconds: float) -> None:
+        """The synthesizer took `seconds` to the first audio of the first sentence."""
+
+    def sent(self, at: float) -> None:
+        """That audio's first message was handed to the socket at monotonic time `at`."""
+
+
+# What goes to the socket: a message, and with a reply's first audio, who is told it was sent.
+Outgoing = tuple[str, FirstAudio | None]
 
 logger = logging.getLogger("streaming.session")
 
@@ -91,10 +102,10 @@ class ReplyPlayer:
         return self.current is not None and not self.current.over
 
     async def play(self, sentences: list[str], *, interruptible: bool,
-                   heard_at: float | None = None) -> bool:
+                   first: FirstAudio | None = None) -> bool:
         """Synthesize sentence by sentence, each followed by a mark, at most `sentences_ahead`
         beyond the last one heard, and wait until the last mark comes back. Returns False when
-        the caller barged in or marks stopped coming. `heard_at` goes with the first audio."""
+        the caller barged in or marks stopped coming. `first` is told about the first audio."""
         loop = asyncio.get_running_loop()
         playback = self.current = Playback(sentences, [loop.create_future() for _ in sentences])
         self.armed = interruptible
@@ -105,7 +116,7 @@ class ReplyPlayer:
                     await self._until_heard(playback, index - ahead)
                     if playback.interrupted:
                         return False
-                heard_at = await self._speak(playback, sentence, heard_at)
+                first = await self._speak(playback, sentence, first)
                 if playback.interrupted:
                     return False
                 self._put((mark_message(self._sid, self._mark(playback, index)), None))
@@ -116,27 +127,30 @@ class ReplyPlayer:
                 self.current = None
 
     async def _speak(self, playback: Playback, sentence: str,
-                     heard_at: float | None) -> float | None:
+                     first: FirstAudio | None) -> FirstAudio | None:
         """Queue one sentence's audio in outbound-sized chunks; stops early on barge-in.
-        Returns `heard_at` until the reply's first audio has been queued."""
+        Returns `first` until the reply's first audio has been queued."""
         sid, put = self._sid, self._put
         rechunker = Rechunker(self._chunk_bytes)
+        asked = monotonic()
         async with _closing(self._tts.synthesize(sentence, self._language)) as audio:
             async for data in audio:
                 if playback.interrupted:
-                    return heard_at
+                    return first
+                if first is not None:
+                    first.synthesized(monotonic() - asked)
                 chunks = rechunker.push(data)
                 for chunk in chunks:
-                    put((media_message(sid, chunk), heard_at))
-                    heard_at = None
+                    put((media_message(sid, chunk), first))
+                    first = None
                 if chunks:
                     playback.sent(len(chunks) * rechunker.size)
         tail = rechunker.flush()
         if tail:
-            put((media_message(sid, tail), heard_at))
-            heard_at = None
+            put((media_message(sid, tail), first))
+            first = None
             playback.sent(len(tail))
-        return heard_at
+        return first
 
     def _mark(self, playback: Playback, index: int) -> str:
         """The name of the mark that follows sentence `index`, once all its audio was sent."""

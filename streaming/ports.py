@@ -161,12 +161,14 @@ class TurnLatency:
     """How long the caller waited: every field ending in `_ms` is one stage, in milliseconds.
 
     `total_ms` runs from the end of the caller's input to the reply's first audio sent; the
-    other stages are the parts of it that are measured.
+    other stages are its parts (streaming/turns.py), None when not measured.
     """
 
     kind: ClassVar[str] = "turn_latency"
     total_ms: float
+    endpointing_ms: float | None = None
     bot_ms: float | None = None
+    synthesis_ms: float | None = None
 
 
 CallEvent = CallerInput | BotReply | BotFailed | Prompt | BargeIn | TurnLatency

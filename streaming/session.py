@@ -31,7 +31,7 @@ from streaming import metrics
 from streaming.actions import HangUp, Transfer, plan_turn, turn_metadata
 from streaming.handover import Ending, hand_back
 from streaming.inputs import CallerInputs, TimeUp, Utterance
-from streaming.playback import Outgoing, ReplyPlayer, split_sentences
+from streaming.playback import FirstAudio, Outgoing, ReplyPlayer, split_sentences
 from streaming.recognition import Recognition
 from streaming.ports import (
     BargeIn,
@@ -48,10 +48,10 @@ from streaming.ports import (
     SpeechToText,
     SynthesisError,
     TextToSpeech,
-    TurnLatency,
 )
 from streaming.settings import SessionConfig
 from streaming.tasks import cancel_and_wait, stop_tasks
+from streaming.turns import GreetingTiming, TurnTiming
 
 logger = logging.getLogger("streaming.session")
 
@@ -112,7 +112,9 @@ class CallSession:
         self._closed = asyncio.Event()
         self._reprompts = 0
         self._frames = 0
-        self._bot_ms: float | None = None  # the current turn's bot round trip, for TurnLatency
+        self._started_at = 0.0  # monotonic time of start(): the greeting's wait starts here
+        # Where the caller's latest speech ended (monotonic), by the VAD; taken by a final.
+        self._speech_end: float | None = None
 
     @property
     def closed(self) -> bool:
@@ -138,6 +140,7 @@ class CallSession:
         """Open the recognizer, start the session's tasks; the greeting follows at once."""
         if self._tasks or self._closing:
             raise RuntimeError("session already started")
+        self._started_at = monotonic()
         self._recognition = Recognition(
             self._stt, self.config.language, self._log,
             lambda exc: self._spawn(self._degrade("stt", exc), "degrader"))
@@ -226,10 +229,21 @@ class CallSession:
 
     def _on_vad(self, event: VadEvent) -> None:
         if event is VadEvent.SPEECH_START:
+            self._speech_end = None
             self._inputs.disarm()
         else:
+            self._speech_end = monotonic() - self._vad.hangover_ms / 1000  # the last loud frame
             self._flush_audio()  # the recognizer gets the utterance's tail without waiting
             self._inputs.arm()
+
+    def _speech_ended_at(self) -> float | None:
+        """Where the speech a final transcript stands for ended: the last loud frame of the
+        VAD's current speech (the recognizer finalized within the hangover), else of its last."""
+        vad = self._vad
+        if vad.in_speech:
+            return monotonic() - vad.quiet_ms / 1000
+        ended, self._speech_end = self._speech_end, None
+        return ended
 
     def _barge_in(self, cause: str) -> None:
         """Caller interrupts an interruptible reply: drop queued audio, tell Twilio to clear,
@@ -257,7 +271,7 @@ class CallSession:
         """The socket's only writer; records turn latency when a reply's first audio goes out."""
         get, send = self._outbox.get, self._send
         while True:
-            text, heard_at = await get()
+            text, first = await get()
             try:
                 await send(text)
             except Exception as exc:  # the socket is gone; the receive loop ends the session
@@ -266,11 +280,8 @@ class CallSession:
                 self._stop_listening()
                 self.finished.set()
                 return
-            if heard_at is not None:
-                waited = monotonic() - heard_at
-                metrics.TURN_LATENCY.observe(waited)
-                self._events.emit(TurnLatency(total_ms=round(waited * 1000, 1),
-                                              bot_ms=self._bot_ms))
+            if first is not None:
+                first.sent(monotonic())
 
     async def _recognize(self) -> None:
         assert self._recognition is not None
@@ -287,7 +298,7 @@ class CallSession:
             logger.debug("transcript during playback ignored",
                          extra={"event": "transcript_ignored", **self._log})
             return
-        self._inputs.speech(text)
+        self._inputs.speech(text, self._speech_ended_at())
 
     async def _degrade(self, reason: Literal["stt", "tts"], exc: BaseException) -> None:
         """An engine failed: stop the conversation and move the call to the Gather path."""
@@ -306,10 +317,11 @@ class CallSession:
             if self._recognition is None or self._recognition.stream is None:
                 await self._end("redirect_to_gather", reason="stt")
                 return
+            opening = GreetingTiming(self._started_at)  # the stream's first words
             if self.config.resumed:
-                await self._prompt("resume", self.config.prompts.resume)
+                await self._prompt("resume", self.config.prompts.resume, first=opening)
             elif self.config.greeting:
-                await self._prompt("greeting", self.config.greeting)
+                await self._prompt("greeting", self.config.greeting, first=opening)
             while not self._ending:
                 self._inputs.arm()
                 item = await self._inputs.next()
@@ -326,9 +338,16 @@ class CallSession:
             self.finished.set()
 
     async def _turn(self, utterance: Utterance) -> None:
+        timing = TurnTiming(utterance.heard_at, utterance.ended_at, self._log, self._events,
+                            utterance.source)
+        try:
+            await self._answer(utterance, timing)
+        finally:
+            timing.report()  # once: at the reply's first audio sent, else when it ends
+
+    async def _answer(self, utterance: Utterance, timing: TurnTiming) -> None:
         self._inputs.disarm()
         self._reprompts = 0
-        self._bot_ms = None
         self._inputs.digits.expect(None)
         metrics.TURNS.inc()
         shown = utterance.text if utterance.source == "speech" else f"{len(utterance.text)} digits"
@@ -351,16 +370,15 @@ class CallSession:
             return
         finally:
             self._asking = False
-        answered = monotonic() - asked
+        timing.bot = answered = monotonic() - asked
         metrics.BOT_LATENCY.observe(answered)
-        self._bot_ms = round(answered * 1000, 1)
         self._events.emit(BotReply(tuple(replies)))
         plan = plan_turn(replies, self.config.prompts.goodbye)
         if plan.goodbye:
             self._events.emit(Prompt("goodbye", self.config.prompts.goodbye))
         self._inputs.digits.expect(plan.collect)
-        await self._play(list(plan.says), interruptible=plan.ending is None,
-                         heard_at=utterance.heard_at)
+        await self._play(list(plan.says), interruptible=plan.ending is None, first=timing)
+        timing.report()  # before the ending, which may wait for Twilio
         if isinstance(plan.ending, Transfer):
             await self._end("transfer", plan.ending.number)
         elif isinstance(plan.ending, HangUp):
@@ -386,13 +404,14 @@ class CallSession:
         await self._prompt("goodbye", self.config.prompts.goodbye, interruptible=False)
         await self._end("hang_up")
 
-    async def _prompt(self, name: PromptName, text: str, *, interruptible: bool = True) -> None:
+    async def _prompt(self, name: PromptName, text: str, *, interruptible: bool = True,
+                      first: FirstAudio | None = None) -> None:
         """Say one of the gateway's own prompts (watchers are told which)."""
         self._events.emit(Prompt(name, text))
-        await self._play([text], interruptible=interruptible)
+        await self._play([text], interruptible=interruptible, first=first)
 
     async def _play(self, texts: list[str], *, interruptible: bool,
-                    heard_at: float | None = None) -> bool:
+                    first: FirstAudio | None = None) -> bool:
         """Say `texts`; False when the caller barged in or marks stopped coming."""
         sentences = [s for text in texts for s in split_sentences(text)]
         if not sentences:
@@ -402,7 +421,7 @@ class CallSession:
             # Speech that began before the reply (the request's own tail, still in the VAD's
             # hangover) must not interrupt it: only an onset from now on counts.
             self._vad.reset()
-        return await self._player.play(sentences, interruptible=interruptible, heard_at=heard_at)
+        return await self._player.play(sentences, interruptible=interruptible, first=first)
 
     async def _end(self, action: Ending, number: str | None = None, *,
                    reason: Literal["stt", "tts"] | None = None) -> None:

@@ -158,6 +158,8 @@ def test_the_cli_simulates_a_call_and_writes_what_was_heard(gw, tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     assert "caller_speech_start" in done.stdout and "bot_audio_start" in done.stdout
     assert "turn latencies (end of caller speech -> first bot audio): " in done.stdout
+    assert "turn 1: the caller stopped at t=" in done.stdout and ": waited " in done.stdout
+    assert "after the voice webhook answered" in done.stdout
     assert "talk to a person" in gw.bot.messages()
     recording = wav.read(heard)
     assert (recording.sample_rate, recording.channels, recording.encoding) == (8000, 1, "pcm")
