@@ -14,7 +14,8 @@ import asyncio
 import contextlib
 import logging
 import re
-from collections.abc import AsyncIterator
+from collections import deque
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from time import monotonic
 from typing import Any, Protocol
@@ -59,6 +60,9 @@ class Playback:
     deadlines: list[float] = field(default_factory=list)  # per sentence: give up on its mark
     played: int = 0  # sentences confirmed heard, in order
     play_end: float = 0.0  # monotonic time Twilio should finish playing what was sent
+    # The caller's audio position (ms) when the reply began, and when it was settled.
+    began_ms: int = 0
+    ended_ms: int | None = None
     interrupted: bool = False
     marks_lost: bool = False
 
@@ -80,17 +84,25 @@ class Playback:
 
 class ReplyPlayer:
     """Plays one reply at a time into the call's outbox. `armed` is true while an interruptible
-    reply plays: the frame path reads it 50 times a second, so it is a plain attribute."""
+    reply plays: the frame path reads it 50 times a second, so it is a plain attribute.
+
+    `audio_ms` tells the caller's audio position (ms received since the call's start: the
+    recognizer's timeline): the player keeps where its latest replies began and ended on it."""
 
     def __init__(self, tts: TextToSpeech, language: str, stream_sid: str,
                  outbox: asyncio.Queue[Outgoing], *, chunk_bytes: int, sentences_ahead: int,
-                 mark_timeout_seconds: float, log: dict[str, Any]) -> None:
+                 mark_timeout_seconds: float, log: dict[str, Any],
+                 audio_ms: Callable[[], int]) -> None:
         self._tts, self._language, self._sid = tts, language, stream_sid
         self._outbox, self._put = outbox, outbox.put_nowait
         self._chunk_bytes = chunk_bytes
         self._ahead = max(1, sentences_ahead)
         self._mark_timeout = mark_timeout_seconds
         self._log = log
+        self._audio_ms = audio_ms
+        # (start, end) in the caller's audio of the latest replies; an interrupted reply ends at
+        # the barge-in, so the speech that interrupted it ends after it.
+        self._spans: deque[tuple[int, int]] = deque(maxlen=8)
         self.current: Playback | None = None
         self.armed = False
         self._generation = 0
@@ -108,6 +120,7 @@ class ReplyPlayer:
         the caller barged in or marks stopped coming. `first` is told about the first audio."""
         loop = asyncio.get_running_loop()
         playback = self.current = Playback(sentences, [loop.create_future() for _ in sentences])
+        playback.began_ms = self._audio_ms()
         self.armed = interruptible
         ahead = self._ahead
         try:
@@ -123,8 +136,24 @@ class ReplyPlayer:
             return await self._until_heard(playback, len(sentences) - 1)
         finally:
             self.armed = False
+            if playback.ended_ms is None:  # marks stopped coming
+                playback.ended_ms = self._audio_ms()
+            self._spans.append((playback.began_ms, playback.ended_ms))
             if self.current is playback:
                 self.current = None
+
+    def spoken_over(self, end_ms: int | None) -> bool:
+        """Speech that ended at `end_ms` (the caller's audio, as Transcript.end_ms) ended while a
+        reply played, and did not interrupt it: a short burst or echo whose transcript came late
+        (a recognizer may finalize one decode after the reply is over)."""
+        if end_ms is None:
+            return False
+        spans = list(self._spans)
+        current = self.current  # playing, or settled and play() has not returned yet
+        if current is not None:
+            ended = current.ended_ms
+            spans.append((current.began_ms, self._audio_ms() if ended is None else ended))
+        return any(start <= end_ms < end for start, end in spans)
 
     async def _speak(self, playback: Playback, sentence: str,
                      first: FirstAudio | None) -> FirstAudio | None:
@@ -172,6 +201,7 @@ class ReplyPlayer:
         playback.settle(index + 1, True)
         if playback.over:
             self.armed = False  # nothing left to interrupt
+            playback.ended_ms = self._audio_ms()
 
     def interrupt(self) -> Playback | None:
         """The caller barged in: the interruptible reply playing now (if any) ends unheard, the
@@ -184,6 +214,7 @@ class ReplyPlayer:
         if playback is None or playback.over:  # pragma: no cover - armed implies neither
             return None
         playback.interrupted = True
+        playback.ended_ms = self._audio_ms()
         outbox = self._outbox
         while not outbox.empty():
             outbox.get_nowait()

@@ -4,12 +4,13 @@ transcripts read, closed once; an engine that fails is reported, never raised in
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 from streaming import metrics
-from streaming.ports import RecognitionStream, SpeechToText
+from streaming.ports import RecognitionStream, SpeechToText, Transcript
 
 logger = logging.getLogger("streaming.session")
 
@@ -43,13 +44,14 @@ class Recognition:
                          extra={"event": "stt_feed_failed", **self._log})
             self._on_broken(exc)
 
-    async def finals(self) -> AsyncIterator[str]:
-        """Final transcripts, stripped, non-empty; raises what the engine raises (SpeechError)."""
+    async def finals(self) -> AsyncIterator[Transcript]:
+        """Final transcripts, text stripped and non-empty; raises what the engine raises
+        (SpeechError)."""
         assert self.stream is not None
         async for transcript in self.stream.results():
             text = transcript.text.strip()
             if transcript.is_final and text:
-                yield text
+                yield dataclasses.replace(transcript, text=text)
 
     async def close(self) -> None:
         if self.stream is None:

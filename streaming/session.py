@@ -48,6 +48,7 @@ from streaming.ports import (
     SpeechToText,
     SynthesisError,
     TextToSpeech,
+    Transcript,
 )
 from streaming.settings import SessionConfig
 from streaming.tasks import cancel_and_wait, stop_tasks
@@ -56,6 +57,7 @@ from streaming.turns import GreetingTiming, TurnTiming
 logger = logging.getLogger("streaming.session")
 
 CHANNEL = "twilio_voice_stream"  # the `channel` of this path's turns in Rasa's metadata
+BYTES_PER_MS = chunk_size(1)
 
 
 class Phase(enum.Enum):
@@ -95,12 +97,14 @@ class CallSession:
         self._barge_ms = config.call.barge_in_min_speech_ms
         self._batch_bytes = chunk_size(config.stt_batch_ms)
         self._pending = bytearray()
+        self._fed = 0  # bytes handed to the recognizer: the timeline of its transcripts
         self._outbox: asyncio.Queue[Outgoing] = asyncio.Queue()
         self._player = ReplyPlayer(
             tts, config.language, call.stream_sid, self._outbox,
             chunk_bytes=chunk_size(config.call.outbound_chunk_ms),
             sentences_ahead=config.sentences_ahead,
-            mark_timeout_seconds=config.mark_timeout_seconds, log=self._log)
+            mark_timeout_seconds=config.mark_timeout_seconds, log=self._log,
+            audio_ms=self._audio_ms)
         self._inputs = CallerInputs(config.call, self._caller_has_floor)
         self._recognition: Recognition | None = None  # opened by start()
         self._tasks: list[asyncio.Task[None]] = []
@@ -225,7 +229,12 @@ class CallSession:
         pending = self._pending
         if pending and self._recognition is not None:
             self._recognition.feed(bytes(pending))
+            self._fed += len(pending)
         pending.clear()
+
+    def _audio_ms(self) -> int:
+        """The caller's audio received so far, in ms on the recognizer's timeline."""
+        return (self._fed + len(self._pending)) // BYTES_PER_MS
 
     def _on_vad(self, event: VadEvent) -> None:
         if event is VadEvent.SPEECH_START:
@@ -286,19 +295,21 @@ class CallSession:
     async def _recognize(self) -> None:
         assert self._recognition is not None
         try:
-            async for text in self._recognition.finals():
-                self._on_final(text)
+            async for transcript in self._recognition.finals():
+                self._on_final(transcript)
         except Exception as exc:
             await self._degrade("stt", exc)
 
-    def _on_final(self, text: str) -> None:
+    def _on_final(self, transcript: Transcript) -> None:
         if not self._active or self._ending:
             return
-        if self._player.playing:  # short speech, or our own echo
-            logger.debug("transcript during playback ignored",
-                         extra={"event": "transcript_ignored", **self._log})
+        player = self._player
+        if player.playing or player.spoken_over(transcript.end_ms):
+            # Short speech or our own echo, over a reply it did not interrupt.
+            logger.info("transcript of speech over a reply ignored",
+                        extra={"event": "transcript_ignored", **self._log})
             return
-        self._inputs.speech(text, self._speech_ended_at())
+        self._inputs.speech(transcript.text, self._speech_ended_at())
 
     async def _degrade(self, reason: Literal["stt", "tts"], exc: BaseException) -> None:
         """An engine failed: stop the conversation and move the call to the Gather path."""

@@ -154,6 +154,42 @@ async def test_short_speech_and_echo_do_not_interrupt() -> None:
         assert h.session.phase is Phase.SPEAKING
 
 
+async def test_a_burst_over_a_reply_is_no_turn_when_its_transcript_comes_after_the_reply(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A recognizer may finalize a short burst one decode later, once the reply is over: the
+    transcript's audio times say it was spoken over the reply."""
+    caplog.set_level(logging.INFO, logger="streaming.session")
+    bot = FakeBot(reply=lambda text: [BotMessage(text="Su tarjeta está bloqueada.")])
+    async with CallHarness(config(call={"barge_in_min_speech_ms": 240}), bot=bot) as h:
+        h.recognition.say("bloquear")
+        await h.wait_marks(1)  # the reply plays from the caller's audio position 0
+        h.silence(200)
+        h.audio(tone(200))  # 200-400 ms: below the barge-in minimum
+        h.silence(800)
+        h.echo_marks()  # the reply played out
+        await h.wait(lambda: h.session.phase is Phase.LISTENING, what="listening")
+        h.recognition.say("eco", start_ms=200, end_ms=400)  # the burst's late transcript
+        h.audio(tone(500))  # 1000-1500 ms: the caller speaks once the reply is over
+        h.silence(800)
+        h.recognition.say("otra cosa", start_ms=1000, end_ms=1500)
+        await h.wait(lambda: len(bot.requests) == 2, what="the second turn")
+        assert [message for _, message, _ in bot.requests] == ["bloquear", "otra cosa"]
+        assert [r.event for r in caplog.records].count("transcript_ignored") == 1
+
+
+async def test_speech_that_interrupted_a_reply_is_a_turn_when_its_transcript_comes_after() -> None:
+    bot = FakeBot(reply=lambda text: [BotMessage(text="Una respuesta bastante larga. Otra más.")])
+    async with CallHarness(config(call={"barge_in_min_speech_ms": 240}), bot=bot) as h:
+        h.recognition.say("hola")
+        await h.wait_marks(1)
+        h.audio(tone(300))  # interrupts at 240 ms of speech, goes on to 300
+        await h.wait(lambda: h.events("clear"), what="the barge-in")
+        h.silence(800)
+        h.recognition.say("espere", start_ms=0, end_ms=300)
+        await h.wait(lambda: len(bot.requests) == 2, what="the interruption's turn")
+
+
 async def test_synthesis_stays_two_sentences_ahead_of_what_was_heard() -> None:
     bot = FakeBot(reply=lambda text: [BotMessage(text="Uno. Dos. Tres. Cuatro.")])
     async with CallHarness(config(sentences_ahead=2), bot=bot) as h:

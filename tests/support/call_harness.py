@@ -57,8 +57,14 @@ class ScriptedRecognition:
                 raise item
             yield item
 
-    def say(self, text: str, final: bool = True) -> None:
-        self._results.put_nowait(Transcript(text, final))
+    def say(self, text: str, final: bool = True, start_ms: int | None = None,
+            end_ms: int | None = None) -> None:
+        self._results.put_nowait(Transcript(text, final, None, start_ms, end_ms))
+
+    @property
+    def fed_ms(self) -> int:
+        """Audio fed so far, in ms: the timeline of the transcripts' times."""
+        return sum(len(batch) for batch in self.fed) // 8
 
     def fail(self, message: str = "recognizer broke") -> None:
         self._results.put_nowait(SpeechError(message))
