@@ -40,4 +40,5 @@ def spoken_prompts(settings: Settings) -> list[str]:
     greeting = settings.greeting
     greetings = [_greeting(settings, s) for s in (greeting.morning, greeting.afternoon, greeting.night)]
     prompts = settings.prompts
-    return [*greetings, prompts.reprompt, prompts.apology, prompts.goodbye, prompts.resume]
+    return [*greetings, prompts.reprompt, prompts.apology, prompts.goodbye, prompts.resume,
+            prompts.thinking]

@@ -1,8 +1,9 @@
 """DTMF keys collected into one caller input: until the finish key, the digit limit, or a pause.
 
 One timer, restarted by every key; whatever ends the collection hands the digits (possibly none:
-the finish key alone) to `deliver`, with the time of the last key (where the turn's wait starts). A bot's `collect_dtmf` payload changes the rules for the
-next input only (`expect`); otherwise the `call.dtmf_*` settings apply.
+the finish key alone) to `deliver`, with the time of the last key (where the turn's wait starts).
+A bot's `collect_dtmf` payload changes the rules for the next input only (`expect`); otherwise the
+`call.dtmf_*` settings apply.
 """
 
 from __future__ import annotations

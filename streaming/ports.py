@@ -134,7 +134,7 @@ class BotFailed:
     error: str
 
 
-PromptName = Literal["greeting", "resume", "reprompt", "apology", "goodbye"]
+PromptName = Literal["greeting", "resume", "reprompt", "apology", "goodbye", "thinking"]
 
 
 @dataclass(frozen=True, slots=True)

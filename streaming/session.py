@@ -37,6 +37,7 @@ from streaming.ports import (
     BargeIn,
     Bot,
     BotFailed,
+    BotMessage,
     BotReply,
     CallControl,
     CallerInput,
@@ -51,7 +52,7 @@ from streaming.ports import (
     Transcript,
 )
 from streaming.settings import SessionConfig
-from streaming.tasks import cancel_and_wait, stop_tasks
+from streaming.tasks import cancel_and_wait, meanwhile, stop_tasks
 from streaming.turns import GreetingTiming, TurnTiming
 
 logger = logging.getLogger("streaming.session")
@@ -368,10 +369,14 @@ class CallSession:
         call = self.call
         metadata = turn_metadata(call.call_sid, call.from_number, call.to_number, CHANNEL,
                                  utterance.source)
-        asked = monotonic()
         self._asking = True
         try:
-            replies = await self._bot.send(call.call_sid, utterance.text, metadata)
+            replies = await meanwhile(
+                self._ask(utterance.text, metadata, timing),
+                self.config.call.thinking_after_ms / 1000,
+                lambda: self._prompt("thinking", self.config.prompts.thinking))
+        except SynthesisError:
+            raise  # the thinking cue could not be said: the worker degrades the call
         except Exception as exc:  # BotError, or a client bug: never leave the caller in silence
             metrics.BOT_ERRORS.inc()
             logger.warning("bot failed: %s", exc, extra={"event": "bot_error", **self._log})
@@ -381,8 +386,6 @@ class CallSession:
             return
         finally:
             self._asking = False
-        timing.bot = answered = monotonic() - asked
-        metrics.BOT_LATENCY.observe(answered)
         self._events.emit(BotReply(tuple(replies)))
         plan = plan_turn(replies, self.config.prompts.goodbye)
         if plan.goodbye:
@@ -394,6 +397,15 @@ class CallSession:
             await self._end("transfer", plan.ending.number)
         elif isinstance(plan.ending, HangUp):
             await self._end("hang_up")
+
+    async def _ask(self, text: str, metadata: dict[str, str],
+                   timing: TurnTiming) -> list[BotMessage]:
+        """The bot's reply to one caller input; its round trip is the turn's bot stage."""
+        asked = monotonic()
+        replies = await self._bot.send(self.call.call_sid, text, metadata)
+        timing.bot = answered = monotonic() - asked
+        metrics.BOT_LATENCY.observe(answered)
+        return replies
 
     async def _no_input(self) -> None:
         metrics.NO_INPUT.inc()

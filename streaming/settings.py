@@ -83,6 +83,9 @@ class CallSettings:
     # Twilio sends a media frame every 20 ms while a stream lives, silence included: none for
     # this long means the connection is gone (a network cut the socket has not noticed yet).
     media_timeout_seconds: PositiveFloat = 10.0
+    # The bot has not answered for this long: `prompts.thinking` plays meanwhile, once per turn
+    # (0: never).
+    thinking_after_ms: NonNegativeInt = 1500
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +111,8 @@ class PromptSettings:
     resume: str = "Disculpe, se ha cortado la comunicación. ¿En qué estábamos?"
     # Said on the Gather path when a streamed call moved there after an engine failure.
     degraded: str = "Disculpe la interrupción. ¿En qué puedo ayudarle?"
+    # While the bot takes longer than `call.thinking_after_ms` to answer.
+    thinking: str = "Un momento, por favor."
 
 
 @dataclass(frozen=True, slots=True)

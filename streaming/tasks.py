@@ -1,13 +1,16 @@
-"""Stopping helper tasks (cancel, then wait until they have really stopped), and one-shot timers."""
+"""Stopping helper tasks (cancel, then wait until they have really stopped), one-shot timers,
+and something to do meanwhile when an answer is slow."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any, TypeVar
 
 logger = logging.getLogger("streaming.tasks")
+
+T = TypeVar("T")
 
 
 async def cancel_and_wait(task: asyncio.Future[Any]) -> None:
@@ -65,3 +68,27 @@ class OneShotTimer:
     def _fire(self) -> None:
         self._handle = None
         self._callback()
+
+
+async def meanwhile(work: Awaitable[T], after: float, cue: Callable[[], Awaitable[object]]) -> T:
+    """`work`'s result (or its error). When it takes longer than `after` seconds (0: never),
+    `cue()` runs meanwhile, once, and this returns only when the cue is over too: what follows
+    never overlaps it. A failing cue raises at once, and `work` is cancelled."""
+    if after <= 0:
+        return await work
+    task = asyncio.ensure_future(work)
+    started: asyncio.Task[object] | None = None
+    try:
+        await asyncio.wait((task,), timeout=after)
+        if not task.done():
+            started = asyncio.ensure_future(cue())
+            pending: set[asyncio.Future[Any]] = {task, started}
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_EXCEPTION)
+                if started in done:
+                    started.result()
+        return task.result()
+    finally:
+        for job in (task, started):
+            if job is not None and not job.done():
+                await cancel_and_wait(job)

@@ -29,6 +29,7 @@ async def test_startup_warms_every_sentence_the_session_speaks_on_its_own() -> N
             "Lo siento, estamos teniendo problemas técnicos.",  # apology
             "Gracias por llamar.", "Adiós.",  # goodbye
             "Disculpe, se ha cortado la comunicación.", "¿En qué estábamos?",  # resume
+            "Un momento, por favor.",  # thinking
         }
         assert warmed == len(sentences)
         assert len(gateway.tts) == len(sentences)  # type: ignore[arg-type]

@@ -337,7 +337,7 @@ function describe(event) {
     }
     case "bot_failed":
       return ["Bot failed", `${event.error}: the caller hears the apology and is transferred`];
-    case "prompt": // the gateway's own words: greeting, resume, reprompt, apology, goodbye
+    case "prompt": // the gateway's own words: greeting, resume, reprompt, apology, goodbye, thinking
       return [event.name[0].toUpperCase() + event.name.slice(1), event.text];
     case "barge_in": {
       const heard = event.played.length, of = heard + event.interrupted.length;
