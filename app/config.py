@@ -212,6 +212,9 @@ class GoogleSttSettings(GoogleClientSettings):
     interim_results: bool = True
     # Google ends a stream after about 5 minutes: it is replaced by a new one before that.
     restart_seconds: Annotated[PositiveFloat, below(300, "Google's 300 s stream limit")] = 240
+    # At the end of the caller's speech by the gateway's VAD (stt.endpoint_silence_ms), ask
+    # Google for the final at once instead of waiting for its own endpointer.
+    early_finalization: bool = True
 
 
 @dataclass(frozen=True, slots=True)

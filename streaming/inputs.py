@@ -40,6 +40,9 @@ class TimeUp:
 
 
 class CallerInputs:
+    """The session's VAD tells when the caller's speech starts and ends, so a final transcript
+    knows where the caller stopped: the turn's wait starts there."""
+
     def __init__(self, call: CallSettings, has_floor: Callable[[], bool]) -> None:
         self.digits = DigitCollector(call.dtmf_finish_key, call.dtmf_timeout_seconds,
                                      self._on_digits)
@@ -48,13 +51,26 @@ class CallerInputs:
         self._queue: asyncio.Queue[Utterance | Silence | TimeUp] = asyncio.Queue()
         self._no_input = OneShotTimer(self._on_timer)
         self._time_up = OneShotTimer(lambda: self._queue.put_nowait(TimeUp()))
+        self._speech_end: float | None = None  # the latest speech's last loud frame (monotonic)
 
     def silent(self) -> bool:
         """The caller has the floor and does nothing with it: the no-input condition."""
         return self._has_floor() and not self.digits.pending and self._queue.empty()
 
-    def speech(self, text: str, ended_at: float | None) -> None:
+    def speech_started(self) -> None:
+        self._speech_end = None
         self.disarm()
+
+    def speech_ended(self, at: float) -> None:
+        self._speech_end = at
+        self.arm()
+
+    def speech(self, text: str, ended_at: float | None = None) -> None:
+        """A final transcript. `ended_at`: where its speech ended when the VAD has not ended it
+        yet; else the speech the VAD ended last, once (None when there was none)."""
+        self.disarm()
+        if ended_at is None:
+            ended_at, self._speech_end = self._speech_end, None
         self._queue.put_nowait(Utterance(text, "speech", monotonic(), ended_at))
 
     async def next(self) -> Utterance | Silence | TimeUp:

@@ -18,11 +18,11 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from time import monotonic
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from audio.framing import SAMPLE_RATE, Rechunker
 from streaming import metrics
-from streaming.ports import TextToSpeech
+from streaming.ports import BargeIn, CallEvents, TextToSpeech
 from streaming.protocol import clear_message, mark_message, media_message
 
 
@@ -91,14 +91,14 @@ class ReplyPlayer:
 
     def __init__(self, tts: TextToSpeech, language: str, stream_sid: str,
                  outbox: asyncio.Queue[Outgoing], *, chunk_bytes: int, sentences_ahead: int,
-                 mark_timeout_seconds: float, log: dict[str, Any],
+                 mark_timeout_seconds: float, log: dict[str, Any], events: CallEvents,
                  audio_ms: Callable[[], int]) -> None:
         self._tts, self._language, self._sid = tts, language, stream_sid
         self._outbox, self._put = outbox, outbox.put_nowait
         self._chunk_bytes = chunk_bytes
         self._ahead = max(1, sentences_ahead)
         self._mark_timeout = mark_timeout_seconds
-        self._log = log
+        self._log, self._events = log, events
         self._audio_ms = audio_ms
         # (start, end) in the caller's audio of the latest replies; an interrupted reply ends at
         # the barge-in, so the speech that interrupted it ends after it.
@@ -203,16 +203,16 @@ class ReplyPlayer:
             self.armed = False  # nothing left to interrupt
             playback.ended_ms = self._audio_ms()
 
-    def interrupt(self) -> Playback | None:
+    def interrupt(self, cause: Literal["speech", "dtmf"]) -> None:
         """The caller barged in: the interruptible reply playing now (if any) ends unheard, the
         audio queued behind it is dropped and Twilio told to `clear` what it buffered, and a new
-        generation of marks begins. Returns that reply."""
+        generation of marks begins. Counted, logged and told with what was heard and cut."""
         if not self.armed:
-            return None
+            return
         self.armed = False
         playback = self.current
         if playback is None or playback.over:  # pragma: no cover - armed implies neither
-            return None
+            return
         playback.interrupted = True
         playback.ended_ms = self._audio_ms()
         outbox = self._outbox
@@ -221,7 +221,12 @@ class ReplyPlayer:
         self._put((clear_message(self._sid), None))
         self._generation += 1
         playback.settle(len(playback.sentences), False)
-        return playback
+        metrics.BARGE_INS.inc()
+        played, cut = playback.sentences[:playback.played], playback.sentences[playback.played:]
+        logger.info("caller interrupted the reply", extra={
+            "event": "barge_in", **self._log, "cause": cause, "played": played,
+            "interrupted": cut})
+        self._events.emit(BargeIn(cause, tuple(played), tuple(cut)))
 
     async def _until_heard(self, playback: Playback, index: int) -> bool:
         """Wait for sentence `index`'s mark, at most until its deadline (its audio should have

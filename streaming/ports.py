@@ -31,6 +31,12 @@ class SynthesisError(Exception):
 
 
 class RecognitionStream(Protocol):
+    """A call's recognition. A stream may also have `speech_ended(self) -> None`: the session
+    calls it once per utterance when its VAD has seen `stt.endpoint_silence_ms` of silence after
+    speech (all audio up to there fed), and an engine that can finalize on demand does so then
+    instead of waiting for its own endpointer (streaming/stt/google_stream.py). Synchronous and
+    cheap, like `feed`; raising there degrades the call the same way."""
+
     def feed(self, mulaw: bytes) -> None:
         """Queue 8 kHz mu-law audio; the engine's own task or worker picks it up. Cheap, never
         blocks, bounds its own backlog. Synchronous because a task wake-up per 100 ms batch cost

@@ -1,5 +1,6 @@
-"""One call's speech recognizer as the session uses it: opened once, fed in batches, its final
-transcripts read, closed once; an engine that fails is reported, never raised into the call.
+"""One call's speech recognizer as the session uses it: opened once, fed in batches, told when
+the caller stopped, its final transcripts read, closed once; an engine that fails is reported,
+never raised into the call.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ class Recognition:
             logger.error("speech recognizer could not open: %s", exc,
                          extra={"event": "stt_failed", **log})
         self._feed = self.stream.feed if self.stream is not None else None
+        # Optional (streaming.ports.RecognitionStream): engines that can finalize on demand.
+        self._speech_ended = getattr(self.stream, "speech_ended", None)
 
     def feed(self, audio: bytes) -> None:
         """One batch of audio (>= 100 ms: never a single 20 ms frame)."""
@@ -38,11 +41,24 @@ class Recognition:
         try:
             feed(audio)
         except Exception as exc:
-            self._feed = None
-            metrics.STT_FEED_ERRORS.inc()
-            logger.error("speech recognizer rejected audio: %r", exc,
-                         extra={"event": "stt_feed_failed", **self._log})
-            self._on_broken(exc)
+            self._broken(exc)
+
+    def speech_ended(self) -> None:
+        """The session's VAD saw the caller stop (once per utterance, after the audio up to
+        there was fed): an engine that can finalize now does."""
+        if self._speech_ended is None or self._feed is None:
+            return
+        try:
+            self._speech_ended()
+        except Exception as exc:
+            self._broken(exc)
+
+    def _broken(self, exc: Exception) -> None:
+        self._feed = None
+        metrics.STT_FEED_ERRORS.inc()
+        logger.error("speech recognizer rejected audio: %r", exc,
+                     extra={"event": "stt_feed_failed", **self._log})
+        self._on_broken(exc)
 
     async def finals(self) -> AsyncIterator[Transcript]:
         """Final transcripts, text stripped and non-empty; raises what the engine raises

@@ -5,8 +5,8 @@ The websocket endpoint hands every inbound event to a `CallSession`, which sends
 orchestrates the call's tasks; its parts are modules of their own: streaming/playback.py (replies
 played, marked, paced, interrupted), streaming/inputs.py and digits.py (the caller's inputs, DTMF,
 the no-input timer), streaming/recognition.py (the recognizer), streaming.actions.plan_turn (what
-a bot reply means, as on the Gather path), streaming/handover.py (handing the call back to
-Twilio). The 50-per-second frame path stays synchronous and cheap:
+a bot reply means, as on the Gather path), streaming/turns.py (how long each turn took, stage by
+stage), streaming/handover.py (handing the call back to Twilio). The 50-per-second frame path stays synchronous and cheap:
 
 - `on_media` (sync, per frame): VAD, barge-in, and a bytearray that is handed to the recognizer's
   synchronous `feed` in 100 ms batches (no task or await per frame or per batch; each engine
@@ -34,10 +34,8 @@ from streaming.inputs import CallerInputs, TimeUp, Utterance
 from streaming.playback import FirstAudio, Outgoing, ReplyPlayer, split_sentences
 from streaming.recognition import Recognition
 from streaming.ports import (
-    BargeIn,
     Bot,
     BotFailed,
-    BotMessage,
     BotReply,
     CallControl,
     CallerInput,
@@ -105,7 +103,7 @@ class CallSession:
             chunk_bytes=chunk_size(config.call.outbound_chunk_ms),
             sentences_ahead=config.sentences_ahead,
             mark_timeout_seconds=config.mark_timeout_seconds, log=self._log,
-            audio_ms=self._audio_ms)
+            events=self._events, audio_ms=self._audio_ms)
         self._inputs = CallerInputs(config.call, self._caller_has_floor)
         self._recognition: Recognition | None = None  # opened by start()
         self._tasks: list[asyncio.Task[None]] = []
@@ -118,8 +116,6 @@ class CallSession:
         self._reprompts = 0
         self._frames = 0
         self._started_at = 0.0  # monotonic time of start(): the greeting's wait starts here
-        # Where the caller's latest speech ended (monotonic), by the VAD; taken by a final.
-        self._speech_end: float | None = None
 
     @property
     def closed(self) -> bool:
@@ -210,14 +206,14 @@ class CallSession:
         if event is not None:
             self._on_vad(event)
         if self._player.armed and vad.in_speech and vad.speech_ms >= self._barge_ms:
-            self._barge_in("speech")
+            self._player.interrupt("speech")
 
     def on_dtmf(self, digit: str) -> None:
         """A key press: digits collect until the finish key, the digit limit or a pause."""
         if not self._active:
             return
         self._inputs.disarm()
-        self._barge_in("dtmf")
+        self._player.interrupt("dtmf")
         self._inputs.digits.press(digit)
 
     def on_mark(self, name: str) -> None:
@@ -239,36 +235,12 @@ class CallSession:
 
     def _on_vad(self, event: VadEvent) -> None:
         if event is VadEvent.SPEECH_START:
-            self._speech_end = None
-            self._inputs.disarm()
-        else:
-            self._speech_end = monotonic() - self._vad.hangover_ms / 1000  # the last loud frame
-            self._flush_audio()  # the recognizer gets the utterance's tail without waiting
-            self._inputs.arm()
-
-    def _speech_ended_at(self) -> float | None:
-        """Where the speech a final transcript stands for ended: the last loud frame of the
-        VAD's current speech (the recognizer finalized within the hangover), else of its last."""
-        vad = self._vad
-        if vad.in_speech:
-            return monotonic() - vad.quiet_ms / 1000
-        ended, self._speech_end = self._speech_end, None
-        return ended
-
-    def _barge_in(self, cause: str) -> None:
-        """Caller interrupts an interruptible reply: drop queued audio, tell Twilio to clear,
-        stop synthesizing."""
-        playback = self._player.interrupt()
-        if playback is None:
+            self._inputs.speech_started()
             return
-        metrics.BARGE_INS.inc()
-        played = playback.sentences[:playback.played]
-        interrupted = playback.sentences[playback.played:]
-        logger.info("caller interrupted the reply", extra={
-            "event": "barge_in", **self._log, "cause": cause,
-            "played": played, "interrupted": interrupted,
-        })
-        self._events.emit(BargeIn(cause, tuple(played), tuple(interrupted)))
+        self._flush_audio()  # the recognizer gets the utterance's tail without waiting
+        if self._recognition is not None:
+            self._recognition.speech_ended()
+        self._inputs.speech_ended(monotonic() - self._vad.hangover_ms / 1000)  # last loud frame
 
     def _caller_has_floor(self) -> bool:
         """The caller is expected to talk: the bot neither thinks nor speaks, the call goes on,
@@ -310,7 +282,9 @@ class CallSession:
             logger.info("transcript of speech over a reply ignored",
                         extra={"event": "transcript_ignored", **self._log})
             return
-        self._inputs.speech(transcript.text, self._speech_ended_at())
+        vad = self._vad  # still in speech: the recognizer finalized within the VAD's hangover
+        self._inputs.speech(transcript.text,
+                            monotonic() - vad.quiet_ms / 1000 if vad.in_speech else None)
 
     async def _degrade(self, reason: Literal["stt", "tts"], exc: BaseException) -> None:
         """An engine failed: stop the conversation and move the call to the Gather path."""
@@ -350,12 +324,10 @@ class CallSession:
             self.finished.set()
 
     async def _turn(self, utterance: Utterance) -> None:
-        timing = TurnTiming(utterance.heard_at, utterance.ended_at, self._log, self._events,
-                            utterance.source)
-        try:
+        # Reported once: when the reply's first audio is sent, else as the turn ends.
+        with TurnTiming(utterance.heard_at, utterance.ended_at, self._log, self._events,
+                        utterance.source) as timing:
             await self._answer(utterance, timing)
-        finally:
-            timing.report()  # once: at the reply's first audio sent, else when it ends
 
     async def _answer(self, utterance: Utterance, timing: TurnTiming) -> None:
         self._inputs.disarm()
@@ -372,7 +344,7 @@ class CallSession:
         self._asking = True
         try:
             replies = await meanwhile(
-                self._ask(utterance.text, metadata, timing),
+                timing.asking(self._bot.send(call.call_sid, utterance.text, metadata)),
                 self.config.call.thinking_after_ms / 1000,
                 lambda: self._prompt("thinking", self.config.prompts.thinking))
         except SynthesisError:
@@ -397,15 +369,6 @@ class CallSession:
             await self._end("transfer", plan.ending.number)
         elif isinstance(plan.ending, HangUp):
             await self._end("hang_up")
-
-    async def _ask(self, text: str, metadata: dict[str, str],
-                   timing: TurnTiming) -> list[BotMessage]:
-        """The bot's reply to one caller input; its round trip is the turn's bot stage."""
-        asked = monotonic()
-        replies = await self._bot.send(self.call.call_sid, text, metadata)
-        timing.bot = answered = monotonic() - asked
-        metrics.BOT_LATENCY.observe(answered)
-        return replies
 
     async def _no_input(self) -> None:
         metrics.NO_INPUT.inc()

@@ -15,12 +15,13 @@ same figures in ms, and a TurnLatency for whoever watches the call (the softphon
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
+from time import monotonic
 from typing import Any, Literal
 
 from streaming import metrics
-from streaming.ports import CallEvents, TurnLatency
+from streaming.ports import BotMessage, CallEvents, TurnLatency
 
 logger = logging.getLogger("streaming.session")
 
@@ -42,9 +43,23 @@ class TurnTiming:
     total: float | None = None
     _reported: bool = field(default=False, repr=False)
 
+    def __enter__(self) -> TurnTiming:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.report()
+
     @property
     def endpointing(self) -> float | None:
         return None if self.ended is None else max(0.0, self.heard - self.ended)
+
+    async def asking(self, request: Awaitable[list[BotMessage]]) -> list[BotMessage]:
+        """The bot's reply to the caller's input: its round trip is the bot stage."""
+        asked = monotonic()
+        replies = await request
+        self.bot = monotonic() - asked
+        metrics.BOT_LATENCY.observe(self.bot)
+        return replies
 
     def synthesized(self, seconds: float) -> None:
         """The synthesizer took `seconds` to its first audio of the reply."""

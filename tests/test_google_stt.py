@@ -14,7 +14,8 @@ from google.cloud.speech_v1.types import RecognitionConfig
 from prometheus_client import REGISTRY
 
 from streaming.ports import SpeechError, Transcript
-from streaming.stt.google import MAX_BEHIND_BYTES, GoogleRecognitionStream, GoogleSpeechToText
+from streaming.stt.google import GoogleSpeechToText
+from streaming.stt.google_stream import MAX_BEHIND_BYTES, GoogleRecognitionStream
 from tests.support.google_fakes import FakeSpeechServer, transcript_for
 from tests.support.servers import free_port
 
@@ -308,3 +309,109 @@ async def test_carried_audio_is_bounded_when_no_final_comes(start_speech: Speech
     await engine.aclose()
     assert bytes(speech.streams[1].audio) == fed[80000:]
     assert collector.error is None
+
+
+# -- early finalization: the session's VAD says the caller stopped ---------------------------
+
+QUIET = b"\xff"  # mu-law silence: quiet frames for the fake's endpointer
+
+
+async def test_the_end_of_speech_half_closes_the_stream_and_a_new_one_takes_over(
+    start_speech: SpeechFactory,
+) -> None:
+    speech = await start_speech(final_every=None, endpoint_ms=1500)
+    engine = make_engine(speech.address)
+    stream = engine.open("es-ES")
+    collector = Collector(stream)
+    first = audio(6400) + QUIET * 3200  # 800 ms of speech, 400 ms of quiet: no final of its own
+    await feed_frames(stream, first)
+    await eventually(lambda: bool(speech.streams) and len(speech.streams[0].audio) == 9600)
+    stream.speech_ended()
+    await eventually(lambda: len(collector.finals) == 1)
+    await eventually(lambda: len(speech.streams) == 2)  # opened at the cut, before any new audio
+    second = QUIET * 2400 + audio(4000) + QUIET * 3200
+    await feed_frames(stream, second)
+    stream.speech_ended()
+    await eventually(lambda: len(collector.finals) == 2 and len(speech.streams) == 3)
+    await stream.close()
+    await collector.task
+    await engine.aclose()
+
+    assert [(t.text, t.start_ms, t.end_ms) for t in collector.finals] == [
+        (transcript_for(first), 0, 1200), (transcript_for(second), 1200, 2400)]
+    # Each stream got its utterance, byte for byte: nothing lost, nothing recognized twice.
+    assert [bytes(s.audio) for s in speech.streams] == [first, second, b""]
+    assert [s.final_causes for s in speech.streams] == [["half_close"], ["half_close"], []]
+
+
+async def test_googles_own_final_still_counts_when_it_comes_first(
+    start_speech: SpeechFactory,
+) -> None:
+    speech = await start_speech(final_every=None, endpoint_ms=200)
+    engine = make_engine(speech.address)
+    stream = engine.open("es-ES")
+    collector = Collector(stream)
+    fed = audio(6400) + QUIET * 3200
+    await feed_frames(stream, fed)
+    await eventually(lambda: len(collector.finals) == 1)
+    stream.speech_ended()  # only quiet is left since Google's final: the half-close adds none
+    await eventually(lambda: len(speech.streams) == 2)  # the cut's new stream
+    await asyncio.sleep(0.1)
+    await stream.close()
+    await collector.task
+    await engine.aclose()
+
+    assert [(t.text, t.start_ms, t.end_ms) for t in collector.finals] == [
+        (transcript_for(fed[:8000]), 0, 1000)]
+    assert speech.streams[0].final_causes == ["endpointer"]
+    assert bytes(speech.streams[0].audio) == fed
+
+
+async def test_without_early_finalization_googles_endpointer_decides(
+    start_speech: SpeechFactory,
+) -> None:
+    speech = await start_speech(final_every=None, endpoint_ms=1500)
+    engine = make_engine(speech.address, early_finalization=False)
+    stream = engine.open("es-ES")
+    collector = Collector(stream)
+    fed = audio(6400) + QUIET * 3200
+    await feed_frames(stream, fed)
+    stream.speech_ended()
+    await asyncio.sleep(0.2)
+    assert collector.finals == [] and len(speech.streams) == 1
+    fed += QUIET * 8800  # 1.5 s of quiet in all
+    await feed_frames(stream, QUIET * 8800)
+    await eventually(lambda: len(collector.finals) == 1)
+    await stream.close()
+    await collector.task
+    await engine.aclose()
+
+    assert collector.finals[0].text == transcript_for(fed[:6400 + 12000])
+    assert speech.streams[0].final_causes == ["endpointer"]
+
+
+async def test_a_cut_stream_that_breaks_before_its_final_is_resent_once(
+    start_speech: SpeechFactory,
+) -> None:
+    # 1250 ms: 12 whole requests while the caller talks, the 13th (400 bytes) only at the cut,
+    # and the stream breaks on it, before the half-close.
+    speech = await start_speech(final_every=None, fail_after={0: 13})
+    engine = make_engine(speech.address)
+    stream = engine.open("es-ES")
+    collector = Collector(stream)
+    before = restarts("error")
+    fed = audio(6400) + QUIET * 3600
+    await feed_frames(stream, fed)
+    await eventually(lambda: bool(speech.streams) and len(speech.streams[0].audio) == 9600)
+    stream.speech_ended()
+    await eventually(lambda: len(collector.finals) == 1)
+    await stream.close()
+    await collector.task
+    await engine.aclose()
+
+    assert [(t.text, t.start_ms, t.end_ms) for t in collector.finals] == [
+        (transcript_for(fed), 0, 1250)]
+    [resent] = [s for s in speech.streams[1:] if s.final_causes]
+    assert bytes(resent.audio) == fed and resent.final_causes == ["half_close"]
+    assert collector.error is None
+    assert restarts("error") == before + 1

@@ -90,6 +90,19 @@ async def test_audio_reaches_the_recognizer_in_100ms_batches() -> None:
         assert all(len(b) >= 800 for b in h.recognition.fed[:-1])
 
 
+async def test_the_recognizer_is_told_once_per_utterance_when_the_caller_stopped() -> None:
+    async with CallHarness() as h:
+        h.audio(tone(500))
+        h.silence(FAST.endpoint_silence_ms - 20)
+        assert h.recognition.speech_ends == []  # a pause within the VAD's hangover
+        h.silence(20)
+        assert h.recognition.speech_ends == [500 + FAST.endpoint_silence_ms]  # all audio fed
+        h.silence(2000)
+        h.audio(tone(300))
+        h.silence(FAST.endpoint_silence_ms)
+        assert h.recognition.speech_ends == [1100, 1100 + 2000 + 300 + FAST.endpoint_silence_ms]
+
+
 async def test_barge_in_clears_after_the_minimum_speech_and_stops_synthesis(caplog) -> None:
     caplog.set_level(logging.INFO, logger="streaming.session")
     barge_ins = metric("gateway_stream_barge_ins_total")

@@ -40,6 +40,7 @@ class ScriptedRecognition:
         self.language = language
         self.fed: list[bytes] = []
         self.feed_error: Exception | None = None  # raised by every `feed` once set
+        self.speech_ends: list[int] = []  # audio fed (ms) each time the session said so
         self.closed = False
         self._results: asyncio.Queue[Transcript | Exception | None] = asyncio.Queue()
 
@@ -47,6 +48,9 @@ class ScriptedRecognition:
         if self.feed_error is not None:
             raise self.feed_error
         self.fed.append(mulaw)
+
+    def speech_ended(self) -> None:
+        self.speech_ends.append(self.fed_ms)
 
     async def results(self) -> AsyncIterator[Transcript]:
         while True:

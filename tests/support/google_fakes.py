@@ -24,7 +24,10 @@ from google.cloud.speech_v1.types import (
 )
 from google.cloud.texttospeech_v1.types import SynthesizeSpeechRequest, SynthesizeSpeechResponse
 
+from audio import mulaw
+
 SAMPLES_PER_MS = 8
+FRAME_BYTES = 160
 
 
 def transcript_for(audio: bytes) -> str:
@@ -42,6 +45,9 @@ class RecordedStream:
     audio: bytearray = field(default_factory=bytearray)
     request_sizes: list[int] = field(default_factory=list)
     finals_sent: list[int] = field(default_factory=list)  # result_end_time of each final, in bytes
+    # Why each final was sent: "every" (final_every), "endpointer", "half_close" (the client
+    # ended its requests).
+    final_causes: list[str] = field(default_factory=list)
 
 
 class _LocalServer:
@@ -77,24 +83,33 @@ class _LocalServer:
 
 
 class FakeSpeechServer(_LocalServer):
-    """Scriptable StreamingRecognize.
+    """Scriptable StreamingRecognize that finalizes like Google does.
 
-    Per stream: an interim result every `interim_every` bytes and a final every `final_every`
-    bytes (the final's text is `transcript_for` the bytes since the previous final, its
-    result_end_time is the stream's byte count / 8 ms). `fail_after[i] = k` aborts stream `i`
+    Per stream, a final result covers the bytes since the previous final (its text is
+    `transcript_for` those bytes, its result_end_time the stream's byte count / 8 ms), sent:
+    - by its endpointer, late as Google's: once `endpoint_ms` of quiet audio (20 ms frames at
+      most `threshold` loud) follow speech (louder frames) since the previous final;
+    - at once when the client half-closes (ends its requests), if speech came since the previous
+      final; then the stream ends normally;
+    - every `final_every` bytes since the previous final, whatever they hold (None: never).
+    An interim result every `interim_every` bytes. `fail_after[i] = k` aborts stream `i`
     (0-based) with `fail_code` once it has received `k` audio requests.
     """
 
     def __init__(
         self,
         *,
-        final_every: int = 4000,
+        final_every: int | None = 4000,
+        endpoint_ms: int = 1500,
+        threshold: int = 500,
         interim_every: int = 1600,
         confidence: float = 0.875,
         fail_after: dict[int, int] | None = None,
         fail_code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE,
     ) -> None:
         self.final_every = final_every
+        self.endpoint_bytes = endpoint_ms * SAMPLES_PER_MS
+        self.threshold = threshold
         self.interim_every = interim_every
         self.confidence = confidence
         self.fail_after = dict(fail_after or {})
@@ -121,8 +136,20 @@ class FakeSpeechServer(_LocalServer):
         stream = RecordedStream()
         self.streams.append(stream)
         final_at = 0  # bytes of this stream covered by finals sent so far
+        scanned = 0  # bytes the endpointer has looked at, in whole frames
+        speech = False  # loud frames since the last final
+        quiet = 0  # quiet bytes since the last loud frame
         interims = 0
         first = True
+
+        def final(end: int, cause: str) -> StreamingRecognizeResponse:
+            nonlocal final_at, interims, speech
+            heard = bytes(stream.audio[final_at:end])
+            final_at, interims, speech = end, 0, False
+            stream.finals_sent.append(end)
+            stream.final_causes.append(cause)
+            return self._response(transcript_for(heard), end, is_final=True)
+
         async for request in requests:
             if first:
                 first = False
@@ -135,16 +162,21 @@ class FakeSpeechServer(_LocalServer):
             stream.request_sizes.append(len(request.audio_content))
             if self.fail_after.get(index) == len(stream.request_sizes):
                 await context.abort(self.fail_code, "scripted failure")
-            while len(stream.audio) - final_at >= self.final_every:
-                heard = bytes(stream.audio[final_at : final_at + self.final_every])
-                final_at += self.final_every
-                interims = 0
-                stream.finals_sent.append(final_at)
-                yield self._response(transcript_for(heard), final_at, is_final=True)
+            while scanned + FRAME_BYTES <= len(stream.audio):
+                loud = mulaw.level(bytes(stream.audio[scanned:scanned + FRAME_BYTES]))
+                scanned += FRAME_BYTES
+                speech, quiet = (True, 0) if loud > self.threshold else (speech, quiet + FRAME_BYTES)
+                if speech and quiet >= self.endpoint_bytes:
+                    yield final(scanned, "endpointer")
+            every = self.final_every
+            while every is not None and len(stream.audio) - final_at >= every:
+                yield final(final_at + every, "every")
             pending = len(stream.audio) - final_at
             while pending >= (interims + 1) * self.interim_every:
                 interims += 1
                 yield self._response(f"partial {interims}", final_at + pending, is_final=False)
+        if speech:
+            yield final(len(stream.audio), "half_close")
 
     def _response(self, text: str, end_bytes: int, *, is_final: bool) -> StreamingRecognizeResponse:
         result = StreamingRecognitionResult(
@@ -171,7 +203,8 @@ def wav_mulaw(audio: bytes, *, extra_chunk: bool = True) -> bytes:
 
 
 class FakeTextToSpeechServer(_LocalServer):
-    """SynthesizeSpeech that answers `audio_for(text)` (wrapped in a WAV header when `wav`).
+    """SynthesizeSpeech that answers `audio_for(text)` (wrapped in a WAV header when `wav`),
+    `delay_seconds` after the request (the synthesizer's first byte: the answer is one message).
 
     `gates[text]` holds that text's answer until the event is set; `fail` lists texts answered
     with INVALID_ARGUMENT; `started[text]` is set when a request for `text` arrives.
@@ -182,9 +215,11 @@ class FakeTextToSpeechServer(_LocalServer):
         *,
         audio_for: Callable[[str], bytes] | None = None,
         wav: bool = False,
+        delay_seconds: float = 0.0,
     ) -> None:
         self.audio_for = audio_for or (lambda text: text.encode("utf-8"))
         self.wav = wav
+        self.delay_seconds = delay_seconds
         self.requests: list[SynthesizeSpeechRequest] = []
         self.gates: dict[str, asyncio.Event] = {}
         self.started: dict[str, asyncio.Event] = {}
@@ -224,6 +259,8 @@ class FakeTextToSpeechServer(_LocalServer):
         self.arrival(text).set()
         if text in self.gates:
             await self.gates[text].wait()
+        if self.delay_seconds:
+            await asyncio.sleep(self.delay_seconds)
         if text in self.fail:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"cannot say {text!r}")
         audio = self.audio_for(text)
