@@ -35,7 +35,8 @@ class Server:
 @dataclass(frozen=True)
 class ServerOptions:
     """How to run the servers: a checkout (`root`), engines and extra environment (settings).
-    With `url`, nothing is started: the gateway already running there is measured."""
+    With `url`, nothing is started: the gateway already running there is measured. `pinned`:
+    on SERVER_CORE (CPU figures); off, on any core (latency with engines that use threads)."""
 
     root: Path = ROOT
     stt: str = "null"
@@ -44,6 +45,7 @@ class ServerOptions:
     url: str | None = None
     public_url: str | None = None
     auth_token: str = AUTH_TOKEN
+    pinned: bool = True
 
 
 @contextmanager
@@ -72,10 +74,11 @@ def started(kind: Literal["bare", "gateway"], options: ServerOptions, rasa_url: 
         })
     env.update(options.environment)
     log = open(logs / f"{kind}-{port}.log", "wb")
+    pin = (lambda: os.sched_setaffinity(0, {SERVER_CORE})) if options.pinned else None
     proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=root,
-                            preexec_fn=lambda: os.sched_setaffinity(0, {SERVER_CORE}))
+                            preexec_fn=pin)
     try:
-        wait_healthy(proc, url, 30, f"{kind} server (see {log.name})")
+        wait_healthy(proc, url, 60, f"{kind} server (see {log.name})")  # Whisper loads in seconds
         yield Server(url, url, AUTH_TOKEN, psutil.Process(proc.pid))
     finally:
         proc.send_signal(signal.SIGTERM)

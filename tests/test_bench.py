@@ -6,6 +6,7 @@ the benchmarks themselves, never by timed tests): the exit status says whether a
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -62,3 +63,13 @@ def test_whisper_benchmark_reports_every_figure() -> None:
     assert "1 callers: end of speech -> transcript p50" in out, out
     assert "(1/1 turns heard, 0 calls given up by the gateway)" in out
     assert "gateway CPU" in out and "CPU s per turn" in out
+
+
+def test_latency_benchmark_reports_every_figure() -> None:
+    result = run("bench/latency.py", "--quick", "--setups", "null,google")
+    out = result.stdout
+    assert result.returncode == 0, out + result.stderr
+    assert "caller observed" in out and "endpointing" in out and "synthesis" in out
+    for setup in ("null", "google"):  # one turn heard and timed by the gateway in each
+        assert re.search(rf"^{setup} +1/1 +\d+\.\d\d / ", out, re.MULTILINE), out
+    assert out.count("(1 calls); the gateway's share") == 2, out

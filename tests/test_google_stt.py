@@ -316,26 +316,38 @@ async def test_carried_audio_is_bounded_when_no_final_comes(start_speech: Speech
 QUIET = b"\xff"  # mu-law silence: quiet frames for the fake's endpointer
 
 
+@contextlib.asynccontextmanager
+async def recognizing(
+    start_speech: SpeechFactory, *, early: bool = True, **script: Any
+) -> AsyncIterator[tuple[FakeSpeechServer, GoogleRecognitionStream, Collector]]:
+    """A fake that finalizes only like Google (its endpointer, a half-close), and a stream on
+    it whose results are collected; closed (and the results ended) after the block."""
+    speech = await start_speech(final_every=None, **script)
+    engine = make_engine(speech.address, early_finalization=early)
+    stream = engine.open("es-ES")
+    collector = Collector(stream)
+    try:
+        yield speech, stream, collector
+    finally:
+        await stream.close()
+        await collector.task
+        await engine.aclose()
+
+
 async def test_the_end_of_speech_half_closes_the_stream_and_a_new_one_takes_over(
     start_speech: SpeechFactory,
 ) -> None:
-    speech = await start_speech(final_every=None, endpoint_ms=1500)
-    engine = make_engine(speech.address)
-    stream = engine.open("es-ES")
-    collector = Collector(stream)
-    first = audio(6400) + QUIET * 3200  # 800 ms of speech, 400 ms of quiet: no final of its own
-    await feed_frames(stream, first)
-    await eventually(lambda: bool(speech.streams) and len(speech.streams[0].audio) == 9600)
-    stream.speech_ended()
-    await eventually(lambda: len(collector.finals) == 1)
-    await eventually(lambda: len(speech.streams) == 2)  # opened at the cut, before any new audio
-    second = QUIET * 2400 + audio(4000) + QUIET * 3200
-    await feed_frames(stream, second)
-    stream.speech_ended()
-    await eventually(lambda: len(collector.finals) == 2 and len(speech.streams) == 3)
-    await stream.close()
-    await collector.task
-    await engine.aclose()
+    async with recognizing(start_speech, endpoint_ms=1500) as (speech, stream, collector):
+        first = audio(6400) + QUIET * 3200  # 800 ms of speech, 400 ms quiet: no final of its own
+        await feed_frames(stream, first)
+        await eventually(lambda: bool(speech.streams) and len(speech.streams[0].audio) == 9600)
+        stream.speech_ended()
+        await eventually(lambda: len(collector.finals) == 1)
+        await eventually(lambda: len(speech.streams) == 2)  # opened at the cut, before audio
+        second = QUIET * 2400 + audio(4000) + QUIET * 3200
+        await feed_frames(stream, second)
+        stream.speech_ended()
+        await eventually(lambda: len(collector.finals) == 2 and len(speech.streams) == 3)
 
     assert [(t.text, t.start_ms, t.end_ms) for t in collector.finals] == [
         (transcript_for(first), 0, 1200), (transcript_for(second), 1200, 2400)]
@@ -347,19 +359,13 @@ async def test_the_end_of_speech_half_closes_the_stream_and_a_new_one_takes_over
 async def test_googles_own_final_still_counts_when_it_comes_first(
     start_speech: SpeechFactory,
 ) -> None:
-    speech = await start_speech(final_every=None, endpoint_ms=200)
-    engine = make_engine(speech.address)
-    stream = engine.open("es-ES")
-    collector = Collector(stream)
-    fed = audio(6400) + QUIET * 3200
-    await feed_frames(stream, fed)
-    await eventually(lambda: len(collector.finals) == 1)
-    stream.speech_ended()  # only quiet is left since Google's final: the half-close adds none
-    await eventually(lambda: len(speech.streams) == 2)  # the cut's new stream
-    await asyncio.sleep(0.1)
-    await stream.close()
-    await collector.task
-    await engine.aclose()
+    async with recognizing(start_speech, endpoint_ms=200) as (speech, stream, collector):
+        fed = audio(6400) + QUIET * 3200
+        await feed_frames(stream, fed)
+        await eventually(lambda: len(collector.finals) == 1)
+        stream.speech_ended()  # only quiet is left since Google's final: the half-close adds none
+        await eventually(lambda: len(speech.streams) == 2)  # the cut's new stream
+        await asyncio.sleep(0.1)
 
     assert [(t.text, t.start_ms, t.end_ms) for t in collector.finals] == [
         (transcript_for(fed[:8000]), 0, 1000)]
@@ -370,44 +376,32 @@ async def test_googles_own_final_still_counts_when_it_comes_first(
 async def test_without_early_finalization_googles_endpointer_decides(
     start_speech: SpeechFactory,
 ) -> None:
-    speech = await start_speech(final_every=None, endpoint_ms=1500)
-    engine = make_engine(speech.address, early_finalization=False)
-    stream = engine.open("es-ES")
-    collector = Collector(stream)
-    fed = audio(6400) + QUIET * 3200
-    await feed_frames(stream, fed)
-    stream.speech_ended()
-    await asyncio.sleep(0.2)
-    assert collector.finals == [] and len(speech.streams) == 1
-    fed += QUIET * 8800  # 1.5 s of quiet in all
-    await feed_frames(stream, QUIET * 8800)
-    await eventually(lambda: len(collector.finals) == 1)
-    await stream.close()
-    await collector.task
-    await engine.aclose()
+    async with recognizing(start_speech, early=False, endpoint_ms=1500) as (speech, stream,
+                                                                           collector):
+        fed = audio(6400) + QUIET * 3200
+        await feed_frames(stream, fed)
+        stream.speech_ended()
+        await asyncio.sleep(0.2)
+        assert collector.finals == [] and len(speech.streams) == 1
+        await feed_frames(stream, QUIET * 8800)  # 1.5 s of quiet in all
+        await eventually(lambda: len(collector.finals) == 1)
 
-    assert collector.finals[0].text == transcript_for(fed[:6400 + 12000])
+    assert collector.finals[0].text == transcript_for(fed + QUIET * 8800)
     assert speech.streams[0].final_causes == ["endpointer"]
 
 
 async def test_a_cut_stream_that_breaks_before_its_final_is_resent_once(
     start_speech: SpeechFactory,
 ) -> None:
+    before = restarts("error")
     # 1250 ms: 12 whole requests while the caller talks, the 13th (400 bytes) only at the cut,
     # and the stream breaks on it, before the half-close.
-    speech = await start_speech(final_every=None, fail_after={0: 13})
-    engine = make_engine(speech.address)
-    stream = engine.open("es-ES")
-    collector = Collector(stream)
-    before = restarts("error")
-    fed = audio(6400) + QUIET * 3600
-    await feed_frames(stream, fed)
-    await eventually(lambda: bool(speech.streams) and len(speech.streams[0].audio) == 9600)
-    stream.speech_ended()
-    await eventually(lambda: len(collector.finals) == 1)
-    await stream.close()
-    await collector.task
-    await engine.aclose()
+    async with recognizing(start_speech, fail_after={0: 13}) as (speech, stream, collector):
+        fed = audio(6400) + QUIET * 3600
+        await feed_frames(stream, fed)
+        await eventually(lambda: bool(speech.streams) and len(speech.streams[0].audio) == 9600)
+        stream.speech_ended()
+        await eventually(lambda: len(collector.finals) == 1)
 
     assert [(t.text, t.start_ms, t.end_ms) for t in collector.finals] == [
         (transcript_for(fed), 0, 1250)]

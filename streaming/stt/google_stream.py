@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -78,9 +78,9 @@ class _Leg:
 
     offset: int
     cut: int | None = None  # the last byte it gets: it is half-closed there
-    start: int = -1  # first byte no final of this stream has covered yet
-    sent: int = -1  # timeline byte written up to
-    healthy: bool = False  # it has delivered a result
+    start: int = field(init=False)  # first byte no final of this stream has covered yet
+    sent: int = field(init=False)  # timeline byte written up to
+    healthy: bool = field(default=False, init=False)  # it has delivered a result
 
     def __post_init__(self) -> None:
         self.start = self.sent = self.offset

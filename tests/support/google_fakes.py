@@ -25,9 +25,9 @@ from google.cloud.speech_v1.types import (
 from google.cloud.texttospeech_v1.types import SynthesizeSpeechRequest, SynthesizeSpeechResponse
 
 from audio import mulaw
+from tests.support.caller_audio import FRAME_BYTES
 
 SAMPLES_PER_MS = 8
-FRAME_BYTES = 160
 
 
 def transcript_for(audio: bytes) -> str:
