@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Prepares a fresh machine: Debian's espeak-ng (offline TTS) and sox (test audio), with the test
-# extras also chromium (the softphone's browser test) and a font for its screenshots; then a
+# extras also chromium (the softphone's browser test) and a font for its screenshots, and
+# prometheus for its promtool (the alert rules' tests; without an init system, as in CI's
+# containers, the package starts no server); then a
 # virtualenv in .venv with the gateway and the given extras installed. Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,6 +13,7 @@ command -v espeak-ng >/dev/null 2>&1 || missing+=(espeak-ng)
 command -v sox >/dev/null 2>&1 || missing+=(sox)
 if [[ ",$extras," == *",test,"* ]]; then
   command -v chromium >/dev/null 2>&1 || missing+=(chromium fonts-dejavu-core)
+  command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 fi
 if ((${#missing[@]})); then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
