@@ -27,7 +27,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.generator import caller_frames  # noqa: E402
+from bench.generator import WARMUP_SECONDS, caller_frames  # noqa: E402
 from bench.load import BOT_REPLY  # noqa: E402
 from bench.measure import side_by_side  # noqa: E402
 from bench.report import EXIT_BROKEN, EXIT_MET, EXIT_USAGE  # noqa: E402
@@ -46,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=15, help="measurement window per run")
     parser.add_argument("--runs", type=int, default=4)
     parser.add_argument("--no-turns", action="store_true", help="the per-frame path alone")
+    parser.add_argument("--warmup", type=float, default=WARMUP_SECONDS,
+                        help="seconds between the calls connecting and each window "
+                        "(default %(default)s; shorter: less steady figures, for smoke tests)")
     args = parser.parse_args(argv)
     if len(os.sched_getaffinity(0)) < 2:
         print("compare: needs two cores (servers on one, load on the other)", file=sys.stderr)
@@ -71,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
                 with ExitStack() as stack:
                     servers = {name: stack.enter_context(started(
                         "gateway", options[name], rasa_url, logs)) for name in ("A", "B")}
-                    rates, stats = side_by_side(servers, args.calls, frames, args.seconds)
+                    rates, stats = side_by_side(servers, args.calls, frames, args.seconds,
+                                                args.warmup)
                 dropped = sum(args.calls - int(s["held"]) for s in stats.values())
                 broken += dropped > 0
                 ratio = statistics.median(b / a for a, b in zip(rates["A"], rates["B"]) if a > 0)

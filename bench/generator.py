@@ -36,6 +36,7 @@ FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "fixtures"
 FRAME_SECONDS = FRAME_MS / 1000
 SLOTS = 4  # instants per 20 ms at which calls' frames go out
 WARMUP_SECONDS = 3.0  # after every call has started, before the measurement window
+WARM_CALL_SECONDS, WARM_SETTLE_SECONDS = 2.0, 1.0  # the one call before the idle baseline
 
 
 def caller_frames(turns: bool = True) -> list[bytes]:
@@ -65,8 +66,10 @@ class _Call:
 class Generator:
     """Places the calls, paces every call's frames on one clock, echoes marks, counts."""
 
-    def __init__(self, url: str, public_url: str, token: str, frames: list[bytes]) -> None:
+    def __init__(self, url: str, public_url: str, token: str, frames: list[bytes],
+                 warmup: float = WARMUP_SECONDS) -> None:
         self.url, self.public_url = url.rstrip("/"), public_url.rstrip("/")
+        self.warmup = warmup
         self.validator = RequestValidator(token)
         self.caller_frames = frames  # one caller's loop
         self.frames = self.late = 0
@@ -170,16 +173,16 @@ class Generator:
         loop = asyncio.get_running_loop()
         # One short call first, so one-time costs (imports, caches) land before the idle baseline.
         warm, stop_warm = await self.connect_all(1, first_index=count), asyncio.Event()
-        loop.call_later(2.0, stop_warm.set)
+        loop.call_later(min(WARM_CALL_SECONDS, self.warmup), stop_warm.set)
         await self.pace(warm, stop_warm)
         await self.hang_up(warm)
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(min(WARM_SETTLE_SECONDS, self.warmup))
         conn.send("warm")
         await loop.run_in_executor(None, conn.recv)  # "go": the idle baseline is taken
         calls = await self.connect_all(count)
         stop = asyncio.Event()
         pacer = asyncio.create_task(self.pace(calls, stop))
-        await asyncio.sleep(WARMUP_SECONDS)
+        await asyncio.sleep(self.warmup)
         frames_before, late_before = self.frames, self.late
         conn.send({"connected": len(calls)})
         await loop.run_in_executor(None, conn.recv)  # "stop": the window is over
@@ -193,7 +196,7 @@ class Generator:
 
 
 def _generator_process(conn: Connection, url: str, public_url: str, token: str, count: int,
-                       frames: list[bytes]) -> None:
+                       frames: list[bytes], warmup: float) -> None:
     os.sched_setaffinity(0, {LOAD_CORE})
     try:
         import uvloop
@@ -201,17 +204,19 @@ def _generator_process(conn: Connection, url: str, public_url: str, token: str, 
         run = uvloop.run
     except ImportError:  # pragma: no cover
         run = asyncio.run
-    conn.send(run(Generator(url, public_url, token, frames).run(conn, count)))
+    conn.send(run(Generator(url, public_url, token, frames, warmup).run(conn, count)))
 
 
 class Load:
-    """One load generator process placing `count` calls on one server, step by step."""
+    """One load generator process placing `count` calls on one server, step by step; `warmup`
+    seconds pass after the calls connect before the window (the warm-up call is no longer)."""
 
-    def __init__(self, server: Server, count: int, frames: list[bytes]) -> None:
+    def __init__(self, server: Server, count: int, frames: list[bytes],
+                 warmup: float = WARMUP_SECONDS) -> None:
         ctx = multiprocessing.get_context("spawn")
         self.conn, theirs = ctx.Pipe()
         self.process = ctx.Process(target=_generator_process, daemon=True, args=(
-            theirs, server.url, server.public_url, server.token, count, frames))
+            theirs, server.url, server.public_url, server.token, count, frames, warmup))
         self.process.start()
 
     def expect(self, what: str, timeout: float) -> Any:

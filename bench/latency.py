@@ -3,7 +3,7 @@ and the time to the first greeting, for the gateway's engine setups.
 
     python bench/latency.py                       # every setup, 8 turns each, ~5 min on 2 cores
     python bench/latency.py --setups google,google-late --turns 20
-    python bench/latency.py --quick               # one turn and one greeting each (smoke test)
+    python bench/latency.py --quick               # one short turn and greeting each (smoke test)
 
 Setups (the gateway as `python -m app serve`, one worker, not pinned; Rasa is the Rasa-compatible
 test bot answering every turn after `--rasa-ms`, 100 ms, with "Entendido <n>, <what it heard>.",
@@ -59,6 +59,8 @@ STAGES = ("endpointing", "bot", "synthesis", "total")
 GOOGLE_ENDPOINTER_MS = 1500
 GOOGLE_TTS_SECONDS = 0.15
 FRAME = chunk_size(FRAME_MS)
+GREETING = "{salutation}, le atiende el asistente virtual. ¿En qué puedo ayudarle?"
+QUICK_GREETING, QUICK_CALLER = "{salutation}.", "es_si_por_favor"  # the shortest of each
 
 
 @dataclass
@@ -86,9 +88,9 @@ def caller_audio(name: str, null_final: bool) -> bytes:
     return audio[:end] + MARKER.ljust(FRAME, MARKER[:1]) + mulaw.silence(len(audio) - end)
 
 
-def environment(setup: str, speech: str = "", voice: str = "") -> dict[str, str]:
-    env = {"GREETING_TEXT": "{salutation}, le atiende el asistente virtual. ¿En qué puedo "
-                            "ayudarle?", "CALL_NO_INPUT_SECONDS": "60", "LOGGING_LEVEL": "INFO"}
+def environment(setup: str, speech: str = "", voice: str = "",
+                greeting: str = GREETING) -> dict[str, str]:
+    env = {"GREETING_TEXT": greeting, "CALL_NO_INPUT_SECONDS": "60", "LOGGING_LEVEL": "INFO"}
     if setup == "null":
         return {**env, "STT_ENGINE": "null", "TTS_ENGINE": "null"}
     if setup == "offline":
@@ -116,7 +118,8 @@ def greeting_share(url: str) -> tuple[float, float]:
             found.get("gateway_stream_greeting_seconds_count", 0.0))
 
 
-async def measure(setup: str, turns: int, greetings: int, rasa_url: str, logs: Path) -> Figures:
+async def measure(setup: str, turns: int, greetings: int, rasa_url: str, logs: Path,
+                  quick: bool = False) -> Figures:
     figures = Figures(setup)
     async with AsyncExitStack() as stack:
         speech = voice = ""
@@ -129,7 +132,8 @@ async def measure(setup: str, turns: int, greetings: int, rasa_url: str, logs: P
             speech = (await stack.enter_async_context(stt)).address
             voice = (await stack.enter_async_context(tts)).address
         options = ServerOptions(pinned=False, stt="", tts="",
-                                environment=environment(setup, speech, voice))
+                                environment=environment(setup, speech, voice,
+                                                        QUICK_GREETING if quick else GREETING))
         server: Server = await asyncio.to_thread(
             stack.enter_context, started("gateway", options, rasa_url, logs))
         [log] = logs.glob("gateway-*.log")  # bench/servers.py: one per server process
@@ -143,7 +147,8 @@ async def measure(setup: str, turns: int, greetings: int, rasa_url: str, logs: P
         after = greeting_share(server.url)
         if after[1] > before[1]:
             figures.greeting_share = (after[0] - before[0]) / (after[1] - before[1])
-        plays = [Turn(audio=caller_audio(CALLER[k % len(CALLER)], setup == "null"), wait_limit=15)
+        caller = [QUICK_CALLER] if quick else CALLER
+        plays = [Turn(audio=caller_audio(caller[k % len(caller)], setup == "null"), wait_limit=15)
                  for k in range(turns)]
         result: SimulationResult = await simulate_call(server.url, plays, auth_token=server.token,
                                                        tail=15)
@@ -183,7 +188,8 @@ def machine(label: str) -> None:
           f"{load[2]:.2f}", flush=True)
 
 
-async def run(setups: list[str], turns: int, greetings: int, rasa_ms: int) -> list[Figures]:
+async def run(setups: list[str], turns: int, greetings: int, rasa_ms: int,
+              quick: bool = False) -> list[Figures]:
     from tests.support.rasa_bot import RasaBot
     from tests.support.servers import running
 
@@ -197,7 +203,7 @@ async def run(setups: list[str], turns: int, greetings: int, rasa_ms: int) -> li
             logs.mkdir()
             print(f"{setup}: measuring", flush=True)
             results.append(await measure(setup, turns, greetings,
-                                         f"{rasa.url}/webhooks/rest/webhook", logs))
+                                         f"{rasa.url}/webhooks/rest/webhook", logs, quick))
     return results
 
 
@@ -208,7 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--turns", type=int, default=8, help="caller turns per setup")
     parser.add_argument("--greetings", type=int, default=5, help="greeting calls per setup")
     parser.add_argument("--rasa-ms", type=int, default=100, help="the bot's answer delay")
-    parser.add_argument("--quick", action="store_true", help="one turn, one greeting each")
+    parser.add_argument("--quick", action="store_true",
+                        help="one turn of the shortest fixture and one one-word greeting each")
     args = parser.parse_args(argv)
     setups = [name.strip() for name in args.setups.split(",") if name.strip()]
     if unknown := set(setups) - set(SETUPS):
@@ -219,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     machine("before")
     print(f"Rasa answers after {args.rasa_ms} ms; the Google fakes: endpointer "
           f"{GOOGLE_ENDPOINTER_MS} ms after speech, synthesis {GOOGLE_TTS_SECONDS * 1000:.0f} ms")
-    figures = asyncio.run(run(setups, args.turns, args.greetings, args.rasa_ms))
+    figures = asyncio.run(run(setups, args.turns, args.greetings, args.rasa_ms, args.quick))
     report(figures, args.turns)
     machine("after")
     return 0

@@ -25,7 +25,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.generator import caller_frames  # noqa: E402
+from bench.generator import WARMUP_SECONDS, caller_frames  # noqa: E402
 from bench.measure import measure_gateway, measure_pair  # noqa: E402
 from bench.report import EXIT_BROKEN, EXIT_USAGE, Verdict, fmt, report  # noqa: E402
 from bench.servers import AUTH_TOKEN, LOAD_CORE, SERVER_CORE, ServerOptions  # noqa: E402
@@ -41,6 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3,
                         help="rounds per call count, each a solo and a side-by-side run "
                         "(default %(default)s)")
+    parser.add_argument("--warmup", type=float, default=WARMUP_SECONDS,
+                        help="seconds between the calls connecting and each window "
+                        "(default %(default)s; shorter: less steady figures, for smoke tests)")
     parser.add_argument("--url", help="measure a gateway already running there (no bare run, "
                         "no CPU/memory: its process is not ours)")
     parser.add_argument("--public-url", help="with --url: its server.public_url (default: --url)")
@@ -78,13 +81,14 @@ def main(argv: list[str] | None = None) -> int:
                 solos, pairs = [], []
                 for round_ in range(args.rounds):
                     solo = measure_gateway(count, options, rasa_url, logs, frames, args.seconds,
-                                           profiling=args.profile)
+                                           profiling=args.profile, warmup=args.warmup)
                     solos.append(solo)
                     line = (f"  round {round_ + 1}: gateway alone CPU/call "
                             f"{fmt(solo.cpu_per_call, 100, '%', 3)}, turn p99 "
                             f"{fmt(solo.turn_p99, 1000, ' ms')}")
                     if not args.url:
-                        pair = measure_pair(count, options, rasa_url, logs, frames, args.seconds)
+                        pair = measure_pair(count, options, rasa_url, logs, frames, args.seconds,
+                                            args.warmup)
                         pairs.append(pair)
                         line += f"; side by side gateway/bare {pair.ratio:.2f}x"
                     print(line, flush=True)

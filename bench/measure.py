@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.generator import Load
+from bench.generator import WARMUP_SECONDS, Load
 from bench.servers import Server, ServerOptions, started
 
 
@@ -125,10 +125,11 @@ class Pair:
 
 
 def measure_gateway(count: int, options: ServerOptions, rasa_url: str, logs: Path,
-                    frames: list[bytes], seconds: float, profiling: bool = False) -> Solo:
+                    frames: list[bytes], seconds: float, profiling: bool = False,
+                    warmup: float = WARMUP_SECONDS) -> Solo:
     """The gateway alone on its core under `count` calls: latency, memory, CPU."""
     with started("gateway", options, rasa_url, logs, probe=True) as server:
-        load = Load(server, count, frames)
+        load = Load(server, count, frames, warmup)
         try:
             load.warm()
             idle_rss = server.process.memory_info().rss if server.process else 0
@@ -163,11 +164,12 @@ def measure_gateway(count: int, options: ServerOptions, rasa_url: str, logs: Pat
         pct("gateway_stream_bot_latency_seconds", 0.5), int(turns))
 
 
-def side_by_side(servers: dict[str, Server], count: int, frames: list[bytes],
-                 seconds: float) -> tuple[dict[str, list[float]], dict[str, dict[str, float]]]:
+def side_by_side(servers: dict[str, Server], count: int, frames: list[bytes], seconds: float,
+                 warmup: float = WARMUP_SECONDS,
+                 ) -> tuple[dict[str, list[float]], dict[str, dict[str, float]]]:
     """Load every server with its own `count` calls at once; each one's CPU (cores) in every
     second of the window, and each load generator's counts."""
-    loads = {name: Load(server, count, frames) for name, server in servers.items()}
+    loads = {name: Load(server, count, frames, warmup) for name, server in servers.items()}
     try:
         for load in loads.values():
             load.warm()
@@ -184,11 +186,12 @@ def side_by_side(servers: dict[str, Server], count: int, frames: list[bytes],
 
 
 def measure_pair(count: int, options: ServerOptions, rasa_url: str, logs: Path,
-                 frames: list[bytes], seconds: float) -> Pair:
+                 frames: list[bytes], seconds: float, warmup: float = WARMUP_SECONDS) -> Pair:
     """Bare server and gateway side by side on one core, each under its own `count` calls."""
     with started("bare", options, rasa_url, logs) as bare, \
             started("gateway", options, rasa_url, logs) as gateway:
-        rates, stats = side_by_side({"bare": bare, "gateway": gateway}, count, frames, seconds)
+        rates, stats = side_by_side({"bare": bare, "gateway": gateway}, count, frames, seconds,
+                                    warmup)
     held = min(int(s["held"]) for s in stats.values())
     ratios = [g / b for g, b in zip(rates["gateway"], rates["bare"]) if b > 0]
     return Pair(

@@ -54,6 +54,9 @@ def started(kind: Literal["bare", "gateway"], options: ServerOptions, rasa_url: 
     """A bare or gateway server process on SERVER_CORE until the block ends; `probe`: the
     gateway measures its event-loop lag (bench/probe.py), only where latency is reported."""
     if options.url:
+        # A gateway that does not answer breaks the run here, not after the calls' warm-up.
+        httpx.get(options.url.rstrip("/") + "/health", timeout=5,
+                  trust_env=False).raise_for_status()
         yield Server(options.url, options.public_url or options.url, options.auth_token, None)
         return
     from tests.support.servers import free_port

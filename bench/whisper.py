@@ -2,13 +2,14 @@
 
     python bench/whisper.py                          # every figure, ~4 min on 2 cores
     python bench/whisper.py --callers 1,4,8 --turns 3 --capacity-calls 4 --capacity-seconds 40
-    python bench/whisper.py --quick                  # one of each, for the smoke test
+    python bench/whisper.py --quick                  # the least of each, for the smoke test
 
 1. Decoding, in this process with the gateway's settings: each Spanish fixture cut as the
    gateway cuts it (`audio.segmenter`) and decoded `--repeat` times one after another: process
    CPU seconds per utterance (all CTranslate2 threads), real-time factor (decode wall time /
    utterance length), word error rate against the words the fixtures say.
-2. Event-loop lag while 6 utterances decode: a 5 ms asyncio timer, with the engine's thread pool
+2. Event-loop lag while 6 utterances decode (`--lag-decodes`): a 5 ms asyncio timer, with the
+   engine's thread pool
    and, for comparison, with a single-process pool holding its own model.
 3. End to end, through `python -m app serve` (Whisper, espeak, one worker) and `app.simulate` in
    real time: N callers speak the fixtures at the same moments; end of speech -> transcript
@@ -69,6 +70,7 @@ SPOKEN = {
     "es_no_gracias": "no, gracias",
 }
 REPLY = "De acuerdo. Un momento."
+QUICK_FIXTURE = "es_bloquear_tarjeta"  # --quick's one utterance: short, always heard
 
 
 def words(text: str) -> list[str]:
@@ -101,10 +103,11 @@ def utterance(engine: WhisperSpeechToText, name: str) -> bytes:
     return b"".join(u.audio for u in found + ([last] if last else []))
 
 
-def decoding(engine: WhisperSpeechToText, repeat: int) -> None:
+def decoding(engine: WhisperSpeechToText, repeat: int, names: list[str]) -> None:
     print("\n1. decoding, one utterance at a time (this process, the gateway's settings)")
     cpu, rtf, total_edits, total_words = [], [], 0, 0
-    for name, said in SPOKEN.items():
+    for name in names:
+        said = SPOKEN[name]
         audio = utterance(engine, name)
         for n in range(repeat):
             wall, used = time.perf_counter(), time.process_time()
@@ -137,7 +140,8 @@ def _process_decode(audio: bytes) -> str:
     return _PROCESS_ENGINE.decode(audio, "es").text
 
 
-async def lag_while(decodes: Any, pool: Executor | None, audio: bytes) -> list[float]:
+async def lag_while(decodes: Any, pool: Executor | None, audio: bytes,
+                    count: int) -> list[float]:
     loop = asyncio.get_running_loop()
     lags: list[float] = []
     done = False
@@ -149,15 +153,15 @@ async def lag_while(decodes: Any, pool: Executor | None, audio: bytes) -> list[f
             lags.append(loop.time() - due)
 
     task = asyncio.create_task(ticker())
-    await asyncio.gather(*(loop.run_in_executor(pool, decodes, audio) for _ in range(6)))
+    await asyncio.gather(*(loop.run_in_executor(pool, decodes, audio) for _ in range(count)))
     done = True
     await task
     return lags
 
 
-def loop_lag(engine: WhisperSpeechToText) -> None:
-    print("\n2. event-loop lag while 6 utterances decode (5 ms timer)")
-    audio = utterance(engine, "spanish_bloquear")
+def loop_lag(engine: WhisperSpeechToText, count: int, name: str) -> None:
+    print(f"\n2. event-loop lag while {count} utterances decode (5 ms timer)")
+    audio = utterance(engine, name)
     pools: list[tuple[str, Any, Executor | None]] = [
         ("thread pool (the engine's)", lambda a: engine.decode(a, "es"), engine.pool)]
     process_pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
@@ -167,11 +171,11 @@ def loop_lag(engine: WhisperSpeechToText) -> None:
     try:
         for label, decodes, pool in pools:
             started = time.perf_counter()
-            lags = asyncio.run(lag_while(decodes, pool, audio))
+            lags = asyncio.run(lag_while(decodes, pool, audio, count))
             wall = time.perf_counter() - started
             print(f"   {label:<28} lag p50 {percentile(lags, 0.5) * 1000:5.1f} ms  "
                   f"p99 {percentile(lags, 0.99) * 1000:5.1f} ms  max {max(lags) * 1000:5.1f} ms  "
-                  f"({wall:.1f} s for 6)")
+                  f"({wall:.1f} s for {count})")
     finally:
         process_pool.shutdown()
 
@@ -231,9 +235,8 @@ def turn_figures(result: SimulationResult, arrivals: Arrivals) -> tuple[list[flo
     return transcripts, replies
 
 
-async def callers_at_once(url: str, count: int, turns: int,
-                          arrivals: Arrivals) -> list[SimulationResult]:
-    names = list(SPOKEN)
+async def callers_at_once(url: str, count: int, turns: int, arrivals: Arrivals,
+                          names: list[str]) -> list[SimulationResult]:
     plays = [[Turn(audio=load_wav(FIXTURES / f"{names[(k + i) % len(names)]}.wav"))
               for k in range(turns)] for i in range(count)]
     return await asyncio.gather(*(simulate_call(url, play, auth_token=AUTH_TOKEN, tail=20)
@@ -248,11 +251,12 @@ def sums(url: str) -> dict[str, float]:
             if sample.name.endswith(("_sum", "_count"))}
 
 
-def end_to_end(url: str, arrivals: Arrivals, callers: list[int], turns: int) -> None:
+def end_to_end(url: str, arrivals: Arrivals, callers: list[int], turns: int,
+               names: list[str]) -> None:
     print("\n3. end to end, callers speaking at the same moments (real time)")
     for count in callers:
         before = sums(url)
-        results = asyncio.run(callers_at_once(url, count, turns, arrivals))
+        results = asyncio.run(callers_at_once(url, count, turns, arrivals, names))
         after = sums(url)
         grew = {name: after[name] - before.get(name, 0.0) for name in after}
         transcripts, replies = [], []
@@ -280,9 +284,8 @@ def end_to_end(url: str, arrivals: Arrivals, callers: list[int], turns: int) -> 
 
 
 def capacity(url: str, process: psutil.Process, arrivals: Arrivals, calls: int,
-             seconds: float) -> None:
+             seconds: float, names: list[str]) -> None:
     print(f"\n4. capacity: {calls} callers speaking again once the reply has played, {seconds:g} s")
-    names = list(SPOKEN)
     turns_each = int(seconds // 4) + 2
 
     async def run() -> tuple[float, int]:
@@ -331,12 +334,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--turns", type=int, default=3, help="turns per caller")
     parser.add_argument("--capacity-calls", type=int, default=4)
     parser.add_argument("--capacity-seconds", type=float, default=40)
+    parser.add_argument("--lag-decodes", type=int, default=6,
+                        help="utterances decoding at once for the loop lag")
     parser.add_argument("--parts", default="1234", help="which figures, e.g. 34")
-    parser.add_argument("--quick", action="store_true", help="one of each (smoke test)")
+    parser.add_argument("--quick", action="store_true",
+                        help="one utterance, the fewest decodes, calls and seconds (smoke test)")
     args = parser.parse_args(argv)
+    names = list(SPOKEN)
     if args.quick:
-        args.repeat, args.callers, args.turns = 1, "1", 1
-        args.capacity_calls, args.capacity_seconds = 1, 12
+        args.repeat, args.callers, args.turns, args.lag_decodes = 1, "1", 1, 1
+        args.capacity_calls, args.capacity_seconds = 1, 2
+        names = [QUICK_FIXTURE]
     machine("before")
     settings = load_settings()  # config.yaml and the environment, as the gateway reads them
     whisper = settings.stt.whisper
@@ -349,9 +357,9 @@ def main(argv: list[str] | None = None) -> int:
         try:
             engine.decode(utterance(engine, "es_si_por_favor"), "es")  # warm
             if "1" in args.parts:
-                decoding(engine, args.repeat)
+                decoding(engine, args.repeat, names)
             if "2" in args.parts:
-                loop_lag(engine)
+                loop_lag(engine, args.lag_decodes, names[0])
         finally:
             asyncio.run(engine.aclose())
     if "3" not in args.parts and "4" not in args.parts:
@@ -365,9 +373,10 @@ def main(argv: list[str] | None = None) -> int:
             gateway(f"{rasa.url}/webhooks/rest/webhook", Path(logs)) as process:
         url = process.url  # type: ignore[attr-defined]
         if "3" in args.parts:
-            end_to_end(url, arrivals, [int(n) for n in args.callers.split(",")], args.turns)
+            end_to_end(url, arrivals, [int(n) for n in args.callers.split(",")], args.turns,
+                       names)
         if "4" in args.parts:
-            capacity(url, process, arrivals, args.capacity_calls, args.capacity_seconds)
+            capacity(url, process, arrivals, args.capacity_calls, args.capacity_seconds, names)
     machine("after")
     return 0
 

@@ -28,7 +28,8 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_load_benchmark_reports_every_figure() -> None:
-    result = run("bench/load.py", "--calls", "2", "--seconds", "2", "--rounds", "1")
+    result = run("bench/load.py", "--calls", "2", "--seconds", "1", "--rounds", "1",
+                 "--warmup", "0.2")
     out = result.stdout
     # Measured: whether a tiny load on a shared machine meets the targets is not judged here.
     assert result.returncode in (EXIT_MET, EXIT_MISSED), out + result.stderr
@@ -40,14 +41,14 @@ def test_load_benchmark_reports_every_figure() -> None:
 
 def test_a_run_that_cannot_reach_its_gateway_is_broken_not_slow() -> None:
     result = run("bench/load.py", "--url", f"http://127.0.0.1:{free_port()}", "--calls", "1",
-                 "--seconds", "1", "--rounds", "1")
+                 "--seconds", "1", "--rounds", "1", "--warmup", "0")
     assert result.returncode == EXIT_BROKEN, result.stdout + result.stderr
     assert "the run broke" in result.stderr
 
 
 def test_compare_runs_two_gateways_side_by_side() -> None:
-    result = run("bench/compare.py", "--calls", "2", "--seconds", "2", "--runs", "1",
-                 "--b-env", "CALL_OUTBOUND_CHUNK_MS=80")
+    result = run("bench/compare.py", "--calls", "2", "--seconds", "1", "--runs", "1",
+                 "--warmup", "0.2", "--b-env", "CALL_OUTBOUND_CHUNK_MS=80")
     assert result.returncode == EXIT_MET, result.stdout + result.stderr
     assert "{'CALL_OUTBOUND_CHUNK_MS': '80'}" in result.stdout
     assert "calls dropped" not in result.stdout
