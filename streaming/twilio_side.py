@@ -17,6 +17,7 @@ from __future__ import annotations
 import uuid
 from binascii import a2b_base64, b2a_base64
 from dataclasses import dataclass, field
+from collections.abc import Collection
 from typing import Any
 
 import orjson
@@ -24,6 +25,8 @@ import orjson
 from audio import mulaw
 from audio.framing import SAMPLE_RATE
 from streaming.protocol import SUPPORTED_ENCODING, ProtocolError
+
+GATEWAY_EVENTS = frozenset({"media", "mark", "clear"})  # what a gateway may send Twilio
 
 
 def new_sid(prefix: str) -> str:
@@ -175,6 +178,12 @@ class TwilioSide:
     def receive(self, text: str | bytes, now: float) -> str:
         """Play one message of the gateway at stream second `now`; returns its event (media,
         mark or clear). Raises ProtocolError when the gateway broke the protocol."""
+        return self.play(self.read(text), now)
+
+    def read(self, text: str | bytes, extra_events: Collection[str] = ()) -> dict[str, Any]:
+        """One message of the gateway, checked as Twilio checks it: a JSON object for this
+        stream, a `media`, `mark` or `clear` (or one of `extra_events`, a gateway's own
+        additions). Raises ProtocolError when it is not."""
         if not isinstance(text, str):
             raise ProtocolError("binary_frame", "the gateway sent a binary frame")
         try:
@@ -187,24 +196,35 @@ class TwilioSide:
         if message.get("streamSid") != self.stream_sid:
             raise ProtocolError("wrong_stream_sid", f"the gateway sent {event!r} for streamSid "
                                 f"{message.get('streamSid')!r}, not {self.stream_sid!r}")
-        if event not in ("media", "mark", "clear"):
+        if event not in GATEWAY_EVENTS and event not in extra_events:
             raise ProtocolError("unknown_event", f"the gateway sent unknown event {event!r}")
+        return message
+
+    def play(self, message: dict[str, Any], now: float) -> str:
+        """A message `read` returned, into the playout at stream second `now`; its event.
+        Events other than media, mark and clear are not Twilio's: nothing plays."""
+        event = str(message["event"])
         try:
             if event == "media":
                 self.playout.add(now, a2b_base64(message["media"]["payload"], strict_mode=True))
             elif event == "mark":
                 self.playout.mark(now, str(message["mark"]["name"]))
-            else:
+            elif event == "clear":
                 self._echo_now.extend(self.playout.clear(now))
         except (KeyError, TypeError, ValueError) as exc:
             raise ProtocolError("bad_value", f"the gateway sent a malformed {event}: "
                                 f"{type(exc).__name__} {exc}") from None
-        return str(event)
+        return event
 
     def due_marks(self, now: float) -> list[str]:
         """Names of the marks to echo now (`mark` builds each echo), in order."""
         due, self._echo_now = [*self._echo_now, *self.playout.due_marks(now)], []
         return due
+
+    def played_marks(self) -> list[str]:
+        """The marks to echo once everything received has played: for a Twilio whose audio
+        plays the moment it arrives (tests that keep no clock)."""
+        return self.due_marks(self.playout.end / SAMPLE_RATE)
 
     @property
     def echoing(self) -> bool:

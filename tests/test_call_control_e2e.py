@@ -8,7 +8,6 @@ receives the live-call updates (tests/support/twilio_api.py).
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Iterator
@@ -76,7 +75,7 @@ class TwilioLeg:
     async def receive(self) -> None:
         try:
             async for data in self.ws:
-                message = json.loads(data)
+                message = self.stream.read(data)
                 if message["event"] == "mark":
                     name = message["mark"]["name"]
                     self.marks.append(name)

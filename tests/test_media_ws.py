@@ -112,7 +112,7 @@ async def test_garbage_does_not_end_the_call_and_stop_cleans_up(gw: RunningGatew
                     what="every bad frame counted")
         await asyncio.wait_for(ws.ping(), 5)                 # the socket is still open...
         assert twilio.call_sid in gw.gateway.calls           # ...and the call still live
-        first = json.loads(await asyncio.wait_for(ws.recv(), 5))  # the greeting goes out
+        first = twilio.read(await asyncio.wait_for(ws.recv(), 5))  # the greeting goes out
         assert first["event"] in {"media", "mark"}
         assert first["streamSid"] == twilio.stream_sid
         if first["event"] == "media":
@@ -163,7 +163,7 @@ async def test_a_turn_over_the_socket_reaches_rasa_and_comes_back(gw: RunningGat
         names: list[str] = []
         while True:
             try:
-                message = json.loads(await asyncio.wait_for(ws.recv(), 0.5 if names else 5))
+                message = twilio.read(await asyncio.wait_for(ws.recv(), 0.5 if names else 5))
             except TimeoutError:
                 return names
             if message["event"] == "mark":

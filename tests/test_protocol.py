@@ -238,3 +238,27 @@ def test_outbound_media_parses_back_as_twilio_would_see_it() -> None:
     audio = b"\x01\x02\xff" * 100
     data = json.loads(protocol.media_message(SID, audio))
     assert base64.b64decode(data["media"]["payload"], validate=True) == audio
+
+
+def test_twilio_side_reads_what_a_gateway_may_send_and_nothing_else() -> None:
+    side = TwilioSide(stream_sid=SID)
+    assert side.read(protocol.mark_message(SID, "g1-s1")) == {
+        "event": "mark", "streamSid": SID, "mark": {"name": "g1-s1"}}
+    timeline = '{"event": "timeline", "streamSid": "%s", "timeline": {"kind": "x"}}' % SID
+    assert side.read(timeline, extra_events={"timeline"})["timeline"] == {"kind": "x"}
+    for text, why in ((timeline, "unknown_event"), (b"{}", "binary_frame"),
+                      (protocol.clear_message("MZother"), "wrong_stream_sid")):
+        with pytest.raises(ProtocolError) as info:
+            side.read(text)
+        assert info.value.reason == why
+
+
+def test_twilio_side_playing_at_once_echoes_every_mark_received() -> None:
+    side = TwilioSide(stream_sid=SID)
+    assert side.receive(protocol.media_message(SID, b"\xff" * 800), 0.0) == "media"
+    assert side.receive(protocol.mark_message(SID, "a"), 0.0) == "mark"
+    assert side.receive(protocol.media_message(SID, b"\xff" * 400), 0.0) == "media"
+    assert side.receive(protocol.mark_message(SID, "b"), 0.0) == "mark"
+    assert side.due_marks(0.05) == []  # 400 of the 1200 samples played
+    assert side.played_marks() == ["a", "b"]
+    assert side.played_marks() == []

@@ -94,7 +94,7 @@ class Page:
                     timeout: float = 10) -> dict[str, Any]:
         async with asyncio.timeout(timeout):
             while True:
-                message = json.loads(await self.ws.recv())
+                message = self.twilio.read(await self.ws.recv(), SOFTPHONE_EVENTS)
                 self.received.append(message)
                 if message["event"] == "mark":
                     await self.ws.send(self.twilio.mark(message["mark"]["name"]))

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
-import json
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
@@ -220,7 +219,7 @@ class CallHarness:
                                    events=self.recorded)
 
     async def _send(self, text: str) -> None:
-        self.sent.append(json.loads(text))
+        self.sent.append(self.twilio.read(text))
 
     @property
     def recognition(self) -> ScriptedRecognition:

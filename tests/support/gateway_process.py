@@ -211,12 +211,13 @@ class LiveCall:
         with contextlib.suppress(ConnectionClosed):
             async for data in self.ws:
                 self.last_message = time.monotonic()
-                message = json.loads(data)
-                if message["event"] == "media":
+                event = self.twilio.receive(data, 0.0)
+                if event == "media":
                     self.media += 1
                     self.playing = True
-                elif message["event"] == "mark":
-                    await self.ws.send(self.twilio.mark(message["mark"]["name"]))
+                elif event == "mark":
+                    for name in self.twilio.played_marks():
+                        await self.ws.send(self.twilio.mark(name))
                     self.playing = False
 
     async def _until(self, condition: Callable[[], bool], deadline: float, what: str) -> None:
