@@ -8,10 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from audio import mulaw, wav
-from audio.framing import FRAME_MS, SAMPLE_RATE, chunk_size
-
-FRAME_BYTES = chunk_size(FRAME_MS)
-FRAME_SECONDS = FRAME_MS / 1000
+from audio.framing import FRAME_BYTES, FRAME_SECONDS, SAMPLE_RATE
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,10 +28,10 @@ from twilio.request_validator import RequestValidator
 from websockets.asyncio.client import ClientConnection, connect
 
 from app import call_flow
-from app.call_report import FRAME_BYTES, FRAME_SECONDS, Event, SimulationResult
+from app.call_report import Event, SimulationResult
 from app.twiml import VOICE_PATH
 from audio import mulaw, wav
-from audio.framing import SAMPLE_RATE
+from audio.framing import FRAME_BYTES, FRAME_SECONDS, SAMPLE_RATE
 from streaming.protocol import ProtocolError
 from streaming.tasks import cancel_and_wait
 from streaming.twilio_side import Playout, TwilioSide, new_sid

@@ -1,10 +1,14 @@
 """Twilio's audio: 8 kHz mu-law, one byte per sample, in fixed-duration chunks (Twilio sends 20 ms
-frames, we send tens of ms each). SAMPLE_RATE is the one place the telephone rate is written."""
+frames, we send tens of ms each). SAMPLE_RATE is the one place the telephone rate is written, and
+FRAME_MS / FRAME_BYTES / FRAME_SECONDS the one place for Twilio's frame."""
 
 from __future__ import annotations
 
 SAMPLE_RATE = 8000  # Hz; mu-law: one byte per sample, so also bytes per second
 FRAME_MS = 20
+FRAME_BYTES = SAMPLE_RATE * FRAME_MS // 1000  # 160: one Twilio media frame of mu-law
+FRAME_SECONDS = FRAME_MS / 1000
+BYTES_PER_MS = SAMPLE_RATE // 1000  # mu-law: one byte per sample
 SILENCE = b"\xff"  # mu-law code for 0
 
 

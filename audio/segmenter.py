@@ -13,11 +13,8 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
-from audio.framing import FRAME_MS, chunk_size
+from audio.framing import BYTES_PER_MS, FRAME_BYTES
 from audio.vad import EnergyVad, VadEvent
-
-FRAME_BYTES = chunk_size(FRAME_MS)
-BYTES_PER_MS = chunk_size(1)
 
 
 @dataclass(frozen=True, slots=True)

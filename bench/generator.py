@@ -23,17 +23,16 @@ from twilio.request_validator import RequestValidator
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from app.simulate import FRAME_BYTES, load_wav, parse_twiml, websocket_address
+from app.simulate import load_wav, parse_twiml, websocket_address
 from app.twiml import VOICE_PATH
 from audio import mulaw
-from audio.framing import FRAME_MS
+from audio.framing import FRAME_BYTES, FRAME_SECONDS
 from bench.servers import LOAD_CORE, Server
 from streaming.protocol import ProtocolError
 from streaming.stt.null import MARKER as NULL_STT_MARKER
 from streaming.twilio_side import TwilioSide
 
 FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "fixtures"
-FRAME_SECONDS = FRAME_MS / 1000
 SLOTS = 4  # instants per 20 ms at which calls' frames go out
 WARMUP_SECONDS = 3.0  # after every call has started, before the measurement window
 WARM_CALL_SECONDS, WARM_SETTLE_SECONDS = 2.0, 1.0  # the one call before the idle baseline

@@ -47,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from app.simulate import SimulationResult, Turn, load_wav, simulate_call, speech_segments  # noqa: E402
 from audio import mulaw  # noqa: E402
-from audio.framing import FRAME_MS, SAMPLE_RATE, chunk_size  # noqa: E402
+from audio.framing import FRAME_BYTES, SAMPLE_RATE  # noqa: E402
 from bench.servers import ROOT, Server, ServerOptions, started  # noqa: E402
 from streaming.stt.null import MARKER  # noqa: E402
 
@@ -58,7 +58,6 @@ SETUPS = ("null", "offline", "google", "google-late")
 STAGES = ("endpointing", "bot", "synthesis", "total")
 GOOGLE_ENDPOINTER_MS = 1500
 GOOGLE_TTS_SECONDS = 0.15
-FRAME = chunk_size(FRAME_MS)
 GREETING = "{salutation}, le atiende el asistente virtual. ¿En qué puedo ayudarle?"
 QUICK_GREETING, QUICK_CALLER = "{salutation}.", "es_si_por_favor"  # the shortest of each
 
@@ -84,8 +83,8 @@ def caller_audio(name: str, null_final: bool) -> bytes:
     audio = load_wav(FIXTURES / f"{name}.wav")
     if not null_final:
         return audio
-    end = round(speech_segments(audio)[-1][1] * SAMPLE_RATE) // FRAME * FRAME
-    return audio[:end] + MARKER.ljust(FRAME, MARKER[:1]) + mulaw.silence(len(audio) - end)
+    end = round(speech_segments(audio)[-1][1] * SAMPLE_RATE) // FRAME_BYTES * FRAME_BYTES
+    return audio[:end] + MARKER.ljust(FRAME_BYTES, MARKER[:1]) + mulaw.silence(len(audio) - end)
 
 
 def environment(setup: str, speech: str = "", voice: str = "",

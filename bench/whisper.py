@@ -53,6 +53,7 @@ from app.config import load_settings  # noqa: E402
 from app.engines import build_stt  # noqa: E402
 from app.simulate import SimulationResult, Turn, load_wav, simulate_call  # noqa: E402
 from audio import wav  # noqa: E402
+from audio.framing import SAMPLE_RATE  # noqa: E402
 from audio.segmenter import UtteranceSegmenter  # noqa: E402
 from bench.servers import wait_healthy  # noqa: E402
 from streaming.stt.whisper import WhisperSpeechToText  # noqa: E402
@@ -114,13 +115,13 @@ def decoding(engine: WhisperSpeechToText, repeat: int, names: list[str]) -> None
             result = engine.decode(audio, "es")
             wall, used = time.perf_counter() - wall, time.process_time() - used
             cpu.append(used)
-            rtf.append(wall / (len(audio) / 8000))
+            rtf.append(wall / (len(audio) / SAMPLE_RATE))
             if n == 0:
                 errors = edits(words(said), words(result.text))
                 total_edits += errors
                 total_words += len(words(said))
                 heard = result.text or f"({result.rejected})"
-                print(f"   {name:<22} {len(audio) / 8000:4.1f} s  {wall:4.2f} s wall  "
+                print(f"   {name:<22} {len(audio) / SAMPLE_RATE:4.1f} s  {wall:4.2f} s wall  "
                       f"{used:4.2f} s CPU  {errors} errors  {heard!r}")
     print(f"   CPU per utterance p50 {statistics.median(cpu):.2f} s, max {max(cpu):.2f} s; "
           f"real-time factor p50 {statistics.median(rtf):.2f}")

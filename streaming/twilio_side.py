@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 
 from audio import mulaw
-from audio.framing import SAMPLE_RATE
+from audio.framing import FRAME_BYTES, SAMPLE_RATE
 from streaming.protocol import SUPPORTED_ENCODING, ProtocolError
 
 GATEWAY_EVENTS = frozenset({"media", "mark", "clear"})  # what a gateway may send Twilio
@@ -147,7 +147,8 @@ class TwilioSide:
             "callSid": self.call_sid, "tracks": ["inbound"], "customParameters": params,
             "mediaFormat": fmt})
 
-    def media(self, audio: bytes = mulaw.silence(160), stream_sid: str | None = None) -> str:
+    def media(self, audio: bytes = mulaw.silence(FRAME_BYTES),
+              stream_sid: str | None = None) -> str:
         """One frame of the caller's audio (8 kHz mu-law, 20 ms as Twilio sends them)."""
         self.chunk += 1
         payload = b2a_base64(audio, newline=False).decode("ascii")

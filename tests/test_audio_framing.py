@@ -6,7 +6,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from audio.framing import Rechunker, chunk_size, split
+from audio.framing import (
+    BYTES_PER_MS, FRAME_BYTES, FRAME_SECONDS, SAMPLE_RATE, Rechunker, chunk_size, split,
+)
+
+
+def test_twilios_frame() -> None:
+    assert (SAMPLE_RATE, FRAME_BYTES, FRAME_SECONDS, BYTES_PER_MS) == (8000, 160, 0.02, 8)
 
 
 def test_chunk_size() -> None:

@@ -25,9 +25,10 @@ from twilio.request_validator import RequestValidator
 
 from app import __main__ as cli
 from app.simulate import (
-    FRAME_BYTES, SimulationError, Turn, load_wav, simulate_call, speech_segments,
+    SimulationError, Turn, load_wav, simulate_call, speech_segments,
 )
 from audio import mulaw
+from audio.framing import FRAME_BYTES
 from streaming.protocol import StreamState
 from streaming.twilio_side import Playout
 from tests.support.servers import ServerThread

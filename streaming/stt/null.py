@@ -11,11 +11,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from audio.framing import chunk_size
+from audio.framing import BYTES_PER_MS
 from streaming.ports import Transcript
 from streaming.stt.results import TranscriptQueue
 
-BYTES_PER_MS = chunk_size(1)  # 8 kHz mu-law: one byte per sample
 
 MARKER = b"\x00" * 80
 

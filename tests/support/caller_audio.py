@@ -11,9 +11,8 @@ import math
 import numpy as np
 
 from audio import mulaw
-from audio.framing import FRAME_MS, SAMPLE_RATE, chunk_size
+from audio.framing import FRAME_BYTES, SAMPLE_RATE
 
-FRAME_BYTES = chunk_size(FRAME_MS)
 SILENT_FRAME = mulaw.silence(FRAME_BYTES)
 
 
