@@ -109,6 +109,40 @@ CALL_CONTROL_REQUESTS = Counter(
     ["operation", "outcome"],
 )
 
+# The label values the code above is counted with (app/webhooks.py, app/rasa.py,
+# app/twilio_rest.py), created at zero once at startup (`create_known_series`): a series that
+# does not exist yet reads "no data" on a dashboard or in an alert, not 0.
+WEBHOOK_ROUTES = ("voice", "resume", "speech", "fallback", "status")
+CALL_MODES = ("stream", "gather")
+RESUME_OUTCOMES = ("stream", "gather", "handover", "exhausted")
+FALLBACK_REASONS = ("no_input", "rasa_error", "redirect")
+SIGNATURE_REASONS = ("no_auth_token", "missing", "invalid")
+RASA_ERROR_KINDS = ("connect", "timeout", "transport", "http_status", "invalid_json",
+                    "invalid_reply")
+CALL_CONTROL_OPERATIONS = ("transfer", "hang_up", "redirect_to_gather")
+CALL_CONTROL_OUTCOMES = ("ok", "rest_error", "timeout", "unreachable", "not_configured",
+                         "invalid_call_sid")
+
+
+def create_known_series(statuses: Iterable[str], signed_paths: Iterable[str]) -> None:
+    """Every known label combination at zero: the call statuses counted and the paths whose
+    signatures are checked come from their owners (app/webhooks.py, app/twiml.py)."""
+    children: list[tuple[Counter | Histogram, tuple[str, ...]]] = [
+        *((WEBHOOK_SECONDS, (route,)) for route in WEBHOOK_ROUTES),
+        *((WEBHOOK_ERRORS, (route,)) for route in WEBHOOK_ROUTES),
+        *((INCOMING_CALLS, (mode,)) for mode in CALL_MODES),
+        *((RESUMES, (outcome,)) for outcome in RESUME_OUTCOMES),
+        *((CALL_STATUS, (status,)) for status in statuses),
+        *((SIGNATURE_REJECTIONS, (path, reason)) for path in signed_paths
+          for reason in SIGNATURE_REASONS),
+        *((FALLBACKS, (reason,)) for reason in FALLBACK_REASONS),
+        *((RASA_ERRORS, (kind,)) for kind in RASA_ERROR_KINDS),
+        *((CALL_CONTROL_REQUESTS, (operation, outcome)) for operation in CALL_CONTROL_OPERATIONS
+          for outcome in CALL_CONTROL_OUTCOMES),
+    ]
+    for metric, values in children:
+        metric.labels(*values)
+
 
 def live_calls() -> int:
     """Streamed calls live on the instance, every worker's: the live-calls gauge, summed over the

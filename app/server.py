@@ -18,7 +18,7 @@ import uvicorn
 from starlette.applications import Starlette
 from uvicorn.config import STARTUP_FAILURE
 
-from app import media, metrics, softphone, webhooks
+from app import media, metrics, softphone, twiml, webhooks
 from app.config import Settings, load_settings
 from app.gateway import Gateway
 from app.logs import configure_logging
@@ -33,6 +33,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
+        metrics.create_known_series(
+            statuses=[*sorted(webhooks.KNOWN_STATUSES), "other"],
+            signed_paths=[twiml.VOICE_PATH, twiml.SPEECH_PATH, twiml.RESUME_PATH,
+                          twiml.FALLBACK_PATH, twiml.STATUS_PATH, twiml.STREAM_PATH])
         gateway = Gateway.build(settings)
         app.state.gateway = gateway
         await webhooks.on_startup(gateway)

@@ -21,6 +21,7 @@ from app.simulate import Turn, simulate_call
 from streaming.stt.null import MARKER
 from tests.support.caller_audio import FRAME_BYTES, tone
 from tests.support.gateway import AUTH_TOKEN, null_gateway
+from tests.support.gateway_process import gateway_process
 
 MONITORING = Path(__file__).resolve().parent.parent / "deploy" / "monitoring"
 DASHBOARD = MONITORING / "grafana-dashboard.json"
@@ -164,3 +165,46 @@ def test_the_alerts_fire_when_they_should_and_only_then(tmp_path: Path) -> None:
     done = subprocess.run(["promtool", "test", "rules", str(spec)], capture_output=True,
                           text=True, timeout=60, cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+async def test_a_fresh_gateway_exposes_every_known_series_at_zero() -> None:
+    """Before any call, webhook or Rasa request: each counted label value is there at 0, so a
+    dashboard or an alert reads 0, not "no data"."""
+    with gateway_process() as gateway:
+        samples = await gateway.scrape()
+    expected = [
+        ("gateway_incoming_calls_total", {"mode": "stream"}),
+        ("gateway_incoming_calls_total", {"mode": "gather"}),
+        ("gateway_resumes_total", {"outcome": "stream"}),
+        ("gateway_resumes_total", {"outcome": "gather"}),
+        ("gateway_resumes_total", {"outcome": "handover"}),
+        ("gateway_resumes_total", {"outcome": "exhausted"}),
+        ("gateway_call_status_total", {"status": "completed"}),
+        ("gateway_call_status_total", {"status": "ringing"}),
+        ("gateway_call_status_total", {"status": "other"}),
+        ("gateway_webhook_errors_total", {"route": "voice"}),
+        ("gateway_webhook_errors_total", {"route": "status"}),
+        ("gateway_webhook_duration_seconds_count", {"route": "resume"}),
+        ("gateway_signature_rejections_total",
+         {"route": "/webhook/twilio/voice", "reason": "invalid"}),
+        ("gateway_signature_rejections_total",
+         {"route": "/webhook/twilio/stream", "reason": "missing"}),
+        ("gateway_fallback_transfers_total", {"reason": "no_input"}),
+        ("gateway_fallback_transfers_total", {"reason": "rasa_error"}),
+        ("gateway_fallback_transfers_total", {"reason": "redirect"}),
+        ("gateway_rasa_errors_total", {"kind": "connect"}),
+        ("gateway_rasa_errors_total", {"kind": "timeout"}),
+        ("gateway_rasa_errors_total", {"kind": "http_status"}),
+        ("gateway_rasa_errors_total", {"kind": "invalid_reply"}),
+        ("gateway_call_control_requests_total", {"operation": "transfer", "outcome": "ok"}),
+        ("gateway_call_control_requests_total",
+         {"operation": "hang_up", "outcome": "unreachable"}),
+        ("gateway_call_control_requests_total",
+         {"operation": "redirect_to_gather", "outcome": "rest_error"}),
+        ("gateway_stream_degradations_total", {"reason": "stt"}),
+        ("gateway_stream_frames_rejected_total", {"reason": "invalid_json"}),
+        ("gateway_stream_calls_ended_total", {"how": "transfer"}),
+    ]
+    missing = [(name, labels) for name, labels in expected
+               if samples.get((name, frozenset(labels.items()))) != 0]
+    assert missing == []
