@@ -4,6 +4,7 @@ Each engine module is imported only when chosen: a gateway on Google never loads
 an offline one never loads the Google clients. Engines take plain arguments, never `Settings`:
 an engine's settings section (`stt.google`, `tts.espeak`, ...) holds exactly its keyword arguments,
 and the recognizers that declare them also get the settings several engines share (`SHARED_STT`).
+The section's defaults are the only ones: an engine takes those arguments without a default.
 """
 
 from __future__ import annotations

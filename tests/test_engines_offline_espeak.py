@@ -11,9 +11,11 @@ import numpy as np
 import psutil
 import pytest
 
+from app.config import EspeakSettings
 from audio import mulaw, wav
 from streaming.ports import SynthesisError
 from streaming.tts.espeak import EspeakTextToSpeech
+from tests.support.engines import configured
 
 GREETING = ("Buenos días, le atiende el asistente virtual de bloqueo de tarjetas. "
             "¿En qué puedo ayudarle?")
@@ -22,7 +24,7 @@ LONG_TEXT = " ".join(["Le paso con un ejecutivo, un momento por favor."] * 60)
 
 @pytest.fixture(scope="module")
 def tts() -> EspeakTextToSpeech:
-    return EspeakTextToSpeech()
+    return configured(EspeakTextToSpeech, EspeakSettings)
 
 
 async def synthesize(tts: EspeakTextToSpeech, text: str, language: str) -> list[bytes]:
@@ -76,7 +78,8 @@ def test_voice_follows_the_language_unless_configured(tts: EspeakTextToSpeech) -
     assert tts.voice_for("es-MX") == "es-419"
     assert tts.voice_for("es-US") == "es-419"
     assert tts.voice_for("en-US") == "en-us"
-    assert EspeakTextToSpeech(voice="es-419").voice_for("es-ES") == "es-419"
+    engine = configured(EspeakTextToSpeech, EspeakSettings, voice="es-419")
+    assert engine.voice_for("es-ES") == "es-419"
     with pytest.raises(SynthesisError, match="xx-YY"):
         tts.voice_for("xx-YY")
 
@@ -93,14 +96,14 @@ async def test_empty_text_yields_nothing(tts: EspeakTextToSpeech) -> None:
 
 
 async def test_unknown_voice_raises_synthesis_error() -> None:
-    broken = EspeakTextToSpeech(voice="xx-yy")
+    broken = configured(EspeakTextToSpeech, EspeakSettings, voice="xx-yy")
     with pytest.raises(SynthesisError, match="exit 1"):
         await synthesize(broken, "hola", "es-ES")
 
 
 def test_missing_binary_fails_at_construction() -> None:
     with pytest.raises(FileNotFoundError, match="espeak-ng-missing"):
-        EspeakTextToSpeech(binary="espeak-ng-missing")
+        configured(EspeakTextToSpeech, EspeakSettings, binary="espeak-ng-missing")
 
 
 def espeak_children() -> list[psutil.Process]:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from app.config import EspeakSettings, PocketsphinxSettings
 from audio import wav
 from streaming.ports import SpeechError, Transcript
 from streaming.stt.pocketsphinx import (
@@ -19,6 +20,7 @@ from streaming.stt.pocketsphinx import (
     PocketsphinxSpeechToText,
 )
 from streaming.tts.espeak import EspeakTextToSpeech
+from tests.support.engines import configured
 
 FIXTURES = Path(__file__).parent / "fixtures"
 PHRASES = (
@@ -33,7 +35,8 @@ def audio(name: str) -> bytes:
 
 @pytest.fixture(scope="module")
 def engine() -> Iterator[PocketsphinxSpeechToText]:
-    engine = PocketsphinxSpeechToText(phrases=PHRASES, workers=1)
+    engine = configured(PocketsphinxSpeechToText, PocketsphinxSettings, phrases=PHRASES,
+                        workers=1)
     yield engine
     asyncio.run(engine.aclose())
 
@@ -144,7 +147,7 @@ async def test_espeak_speech_round_trips_through_the_recognizer(
     engine: PocketsphinxSpeechToText,
 ) -> None:
     """Our own synthesizer's mu-law (header stripped, resampled) is what the recognizer hears."""
-    tts = EspeakTextToSpeech(words_per_minute=140)
+    tts = configured(EspeakTextToSpeech, EspeakSettings, words_per_minute=140)
     spoken = b"".join([chunk async for chunk in tts.synthesize("i lost my credit card", "en-US")])
     silence = audio("silence")
     heard = await recognize(engine.open("en-US"), silence + spoken + silence, finals=1)
@@ -200,16 +203,17 @@ async def test_a_call_in_spanish_logs_one_warning_per_language(
 
 def test_words_missing_from_the_dictionary_are_named_at_construction() -> None:
     with pytest.raises(ValueError, match="blorptastic"):
-        PocketsphinxSpeechToText(phrases=["block my blorptastic card"])
+        configured(PocketsphinxSpeechToText, PocketsphinxSettings,
+                   phrases=["block my blorptastic card"])
 
 
 def test_only_the_english_model_exists() -> None:
     with pytest.raises(ValueError, match="es-ES"):
-        PocketsphinxSpeechToText(language="es-ES")
+        configured(PocketsphinxSpeechToText, PocketsphinxSettings, language="es-ES")
 
 
 async def test_free_dictation_without_phrases() -> None:
-    engine = PocketsphinxSpeechToText(workers=1)
+    engine = configured(PocketsphinxSpeechToText, PocketsphinxSettings, workers=1)
     try:
         heard = await recognize(engine.open("en-US"), audio("yes") + audio("no"), finals=2)
     finally:
@@ -218,7 +222,8 @@ async def test_free_dictation_without_phrases() -> None:
 
 
 async def test_a_crashed_worker_fails_its_calls_and_is_replaced() -> None:
-    engine = PocketsphinxSpeechToText(phrases=PHRASES, workers=1)
+    engine = configured(PocketsphinxSpeechToText, PocketsphinxSettings, phrases=PHRASES,
+                        workers=1)
     try:
         first = engine.open("en-US")
         assert finals(await recognize(first, audio("yes"), finals=1)) == ["yes"]

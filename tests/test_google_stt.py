@@ -13,9 +13,11 @@ import pytest
 from google.cloud.speech_v1.types import RecognitionConfig
 from prometheus_client import REGISTRY
 
+from app.config import GoogleSttSettings
 from streaming.ports import SpeechError, Transcript
 from streaming.stt.google import GoogleSpeechToText
 from streaming.stt.google_stream import MAX_BEHIND_BYTES, GoogleRecognitionStream
+from tests.support.engines import configured
 from tests.support.google_fakes import FakeSpeechServer, transcript_for
 from tests.support.servers import free_port
 
@@ -65,6 +67,7 @@ def make_engine(address: str, **overrides: object) -> GoogleSpeechToText:
     options: dict[str, object] = dict(
         model="phone_call", use_enhanced=True, interim_results=True, phrase_hints=HINTS,
         restart_seconds=60, endpoint=address, insecure=True, timeout_seconds=5,
+        early_finalization=True,
     )
     options.update(overrides)
     return GoogleSpeechToText(**options)  # type: ignore[arg-type]
@@ -216,7 +219,8 @@ async def test_unreachable_endpoint_raises_speech_error() -> None:
 
 async def test_missing_credentials_raise_speech_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", os.devnull + "/missing.json")
-    engine = GoogleSpeechToText(restart_seconds=60, timeout_seconds=5)  # Google's endpoint, ADC
+    engine = configured(GoogleSpeechToText, GoogleSttSettings, restart_seconds=60,
+                        timeout_seconds=5)  # Google's endpoint, ADC
     stream = engine.open("es-ES")
     collector = Collector(stream)
     await asyncio.wait_for(collector.task, 10)

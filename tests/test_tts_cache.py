@@ -13,9 +13,11 @@ from collections.abc import AsyncIterator
 import pytest
 from prometheus_client import REGISTRY
 
+from app.config import GoogleTtsSettings
 from streaming.ports import SynthesisError
 from streaming.tts.cache import CachedTextToSpeech
 from streaming.tts.google import GoogleTextToSpeech
+from tests.support.engines import configured
 from tests.support.google_fakes import FakeTextToSpeechServer
 
 FIRST = "Buenas tardes, le atiende el asistente virtual."
@@ -67,8 +69,8 @@ class TwoSentences:
 
 @pytest.fixture
 async def google(server: FakeTextToSpeechServer) -> AsyncIterator[TwoSentences]:
-    tts = TwoSentences(GoogleTextToSpeech(endpoint=server.address, insecure=True,
-                                          timeout_seconds=5))
+    tts = TwoSentences(configured(GoogleTextToSpeech, GoogleTtsSettings,
+                                  endpoint=server.address, insecure=True, timeout_seconds=5))
     yield tts
     await tts.aclose()
 

@@ -40,16 +40,16 @@ class GoogleSpeechToText:
     def __init__(
         self,
         *,
-        model: str = "phone_call",
-        use_enhanced: bool = True,
-        interim_results: bool = True,
+        model: str,
+        use_enhanced: bool,
+        interim_results: bool,
         phrase_hints: Sequence[str] = (),
-        restart_seconds: float = 240,
-        endpoint: str = "",
-        insecure: bool = False,
-        timeout_seconds: float = 10,
+        restart_seconds: float,
+        endpoint: str,
+        insecure: bool,
+        timeout_seconds: float,
         max_carry_seconds: float = 30,
-        early_finalization: bool = True,
+        early_finalization: bool,
     ) -> None:
         self.model = model
         self.use_enhanced = use_enhanced

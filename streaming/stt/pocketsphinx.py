@@ -86,9 +86,9 @@ class PocketsphinxSpeechToText:
     def __init__(
         self,
         *,
-        phrases: Sequence[str] = (),
-        language: str = "en-US",
-        workers: int = 2,
+        phrases: Sequence[str],
+        language: str,
+        workers: int,
         batch_ms: int = 200,
         padding_ms: int = 200,
         interim_ms: int = 500,

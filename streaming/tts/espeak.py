@@ -32,9 +32,9 @@ class EspeakTextToSpeech:
     def __init__(
         self,
         *,
-        voice: str = "",
-        words_per_minute: int = 160,
-        pitch: int = 50,
+        voice: str,
+        words_per_minute: int,
+        pitch: int,
         binary: str = "espeak-ng",
         timeout_seconds: float = 10,
     ) -> None:

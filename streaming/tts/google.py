@@ -77,14 +77,14 @@ class GoogleTextToSpeech:
     def __init__(
         self,
         *,
-        voice_name: str = "es-ES-Standard-A",
-        ssml_gender: str = "FEMALE",
-        speaking_rate: float = 1.0,
-        pitch: float = 0.0,
-        volume_gain_db: float = 0.0,
-        endpoint: str = "",
-        insecure: bool = False,
-        timeout_seconds: float = 10,
+        voice_name: str,
+        ssml_gender: str,
+        speaking_rate: float,
+        pitch: float,
+        volume_gain_db: float,
+        endpoint: str,
+        insecure: bool,
+        timeout_seconds: float,
     ) -> None:
         self.voice_name = voice_name
         self.ssml_gender = SsmlVoiceGender[ssml_gender]
