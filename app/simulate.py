@@ -121,16 +121,18 @@ def on_gateway(url: str, base_url: str) -> str:
     return urlunsplit((scheme, base.netloc, target.path, target.query, ""))
 
 
-websocket_address = on_gateway  # the name bench/generator.py knows
+def read_twiml(twiml: str) -> list[call_flow.Verb]:
+    """The verbs of a TwiML document as Twilio runs them; SimulationError when Twilio would
+    reject it."""
+    try:
+        return call_flow.read(twiml)
+    except call_flow.TwimlError as exc:
+        raise SimulationError(f"the gateway answered TwiML Twilio rejects: {exc}") from None
 
 
 def parse_twiml(twiml: str) -> tuple[str, dict[str, str]]:
     """The <Connect><Stream> URL and its <Parameter>s; SimulationError when there is none."""
-    try:
-        verbs = call_flow.read(twiml)
-    except call_flow.TwimlError as exc:
-        raise SimulationError(f"voice webhook did not answer TwiML: {exc}") from None
-    for verb in verbs:
+    for verb in read_twiml(twiml):
         if isinstance(verb, call_flow.Stream):
             return verb.url, verb.parameters
     raise SimulationError(f"TwiML has no <Connect><Stream url>: {twiml}")
@@ -194,11 +196,7 @@ class SimulatedCall:
     async def _follow(self, twiml: str) -> None:
         """Run TwiML as Twilio does, document after document, until the call leaves the gateway."""
         for _ in range(MAX_DOCUMENTS):
-            try:
-                verbs = call_flow.read(twiml)
-            except call_flow.TwimlError as exc:
-                raise SimulationError(f"the gateway answered TwiML Twilio rejects: {exc}") from None
-            for verb in verbs:
+            for verb in read_twiml(twiml):
                 if isinstance(verb, call_flow.Stream):
                     if await self._stream(verb):
                         self.outcome = "the caller hung up"

@@ -23,7 +23,7 @@ from twilio.request_validator import RequestValidator
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from app.simulate import load_wav, parse_twiml, websocket_address
+from app.simulate import load_wav, on_gateway, parse_twiml
 from app.twiml import VOICE_PATH
 from audio import mulaw
 from audio.framing import FRAME_BYTES, FRAME_SECONDS
@@ -86,7 +86,7 @@ class Generator:
             response.raise_for_status()
             stream_url, side.custom_parameters = parse_twiml(response.text)
             ws = await connect(
-                websocket_address(stream_url, self.url), proxy=None, compression=None,
+                on_gateway(stream_url, self.url), proxy=None, compression=None,
                 max_size=None, open_timeout=30, ping_interval=None,
                 additional_headers={
                     "X-Twilio-Signature": self.validator.compute_signature(stream_url, {})})
