@@ -41,7 +41,7 @@ from streaming.tasks import cancel_and_wait
 logger = logging.getLogger("app.softphone")
 
 PAGE_PATH = "/softphone"
-STREAM_PATH = "/softphone/stream"
+SOFTPHONE_STREAM_PATH = "/softphone/stream"
 ASSETS_PATH = "/softphone/static"
 STATIC = Path(__file__).resolve().parent / "static"
 SUBPROTOCOL = "softphone"
@@ -82,7 +82,7 @@ class SoftphoneStreamEndpoint(MediaStreamEndpoint):
         if token_matches(token, gateway.settings):
             return Admission(subprotocol=chosen)
         logger.warning("softphone websocket refused: missing or wrong token",
-                       extra={"event": "softphone_refused", "route": STREAM_PATH})
+                       extra={"event": "softphone_refused", "route": SOFTPHONE_STREAM_PATH})
         return Admission(refusal="missing or wrong softphone token", subprotocol=chosen)
 
     def link(self, conn: HTTPConnection, gateway: Gateway, call: CallInfo,
@@ -142,5 +142,5 @@ def routes(settings: Settings) -> list[BaseRoute]:
     return [
         Route(PAGE_PATH, page, methods=["GET"]),
         Mount(ASSETS_PATH, app=StaticFiles(directory=STATIC / "softphone")),
-        WebSocketRoute(STREAM_PATH, SoftphoneStreamEndpoint()),
+        WebSocketRoute(SOFTPHONE_STREAM_PATH, SoftphoneStreamEndpoint()),
     ]

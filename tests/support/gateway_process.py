@@ -28,6 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from app.twiml import STREAM_PATH
 from streaming.stt.null import MARKER, NullSpeechToText
 from streaming.tasks import cancel_and_wait
 from streaming.twilio_side import TwilioSide, new_sid
@@ -38,7 +39,6 @@ from tests.support.caller_audio import FRAME_BYTES, SILENT_FRAME
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 AUTH_TOKEN = "process-test-auth-token"
-STREAM_PATH = "/webhook/twilio/stream"
 NULL_FINAL = MARKER.ljust(FRAME_BYTES, MARKER[:1])  # the null recognizer's "end of sentence"
 NULL_TEXT = NullSpeechToText().text  # what it then "hears"
 
