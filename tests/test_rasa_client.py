@@ -9,19 +9,11 @@ from collections.abc import Iterator
 import pytest
 from prometheus_client import REGISTRY
 
-from app.config import RasaSettings, Settings
 from app.rasa import RasaClient
 from streaming.ports import BotError, BotMessage
 from tests.support.rasa_bot import RasaBot
+from tests.support.rasa_client import rasa_errors, rasa_settings
 from tests.support.servers import free_port, running
-
-
-def rasa_settings(base: str, **changes: object) -> RasaSettings:
-    return Settings().replace(rasa={"url": f"{base}/webhooks/rest/webhook", **changes}).rasa
-
-
-def errors(kind: str) -> float:
-    return REGISTRY.get_sample_value("gateway_rasa_errors_total", {"kind": kind}) or 0.0
 
 
 @pytest.fixture
@@ -89,18 +81,18 @@ async def test_unusable_answers_raise_bot_error(
     bot.mode = mode
     bot.delay_seconds = 2.0 if mode == "slow" else 0.0
     client = RasaClient(rasa_settings(bot_server[1].url, timeout_seconds=0.3))
-    before = errors(kind)
+    before = rasa_errors(kind)
     try:
         with pytest.raises(BotError, match=kind):
             await client.send("CA1", "hola", {})
     finally:
         await client.aclose()
-    assert errors(kind) == before + 1
+    assert rasa_errors(kind) == before + 1
 
 
 async def test_connection_refused_raises_bot_error() -> None:
     client = RasaClient(rasa_settings(f"http://127.0.0.1:{free_port()}"))
-    before = errors("connect")
+    before = rasa_errors("connect")
     try:
         with pytest.raises(BotError, match="connect"):
             await client.send("CA1", "hola", {})
@@ -108,7 +100,7 @@ async def test_connection_refused_raises_bot_error() -> None:
         assert client.last_known_reachable is False
     finally:
         await client.aclose()
-    assert errors("connect") == before + 1
+    assert rasa_errors("connect") == before + 1
 
 
 async def test_total_timeout_bounds_a_server_that_never_answers(blackhole: str) -> None:
@@ -170,12 +162,12 @@ async def test_a_connection_rasa_closed_while_idle_is_not_reused() -> None:
     bot = RasaBot()
     with running(bot.app(), timeout_keep_alive=0.2) as server:
         client = RasaClient(rasa_settings(server.url))
-        before = sum(errors(kind) for kind in ("connect", "transport", "timeout"))
+        before = sum(rasa_errors(kind) for kind in ("connect", "transport", "timeout"))
         try:
             for _ in range(3):
                 assert await client.send("CA1", "hola", {}) == [BotMessage(text="Ha dicho: hola")]
                 await asyncio.sleep(0.5)  # the server has closed the connection by now
         finally:
             await client.aclose()
-    assert sum(errors(kind) for kind in ("connect", "transport", "timeout")) == before
+    assert sum(rasa_errors(kind) for kind in ("connect", "transport", "timeout")) == before
     assert len(bot.requests) == 3

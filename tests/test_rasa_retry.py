@@ -3,30 +3,17 @@ to connect. Once a request may have reached Rasa, it is never resent. Real socke
 
 from __future__ import annotations
 
-import asyncio
-import json
 import logging
-import re
 import socket
-import struct
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 import pytest
-from prometheus_client import REGISTRY
 
 from app.rasa import RasaClient
 from streaming.ports import BotError, BotMessage
 from tests.support.rasa_bot import RasaBot
+from tests.support.rasa_client import DroppingRasa, rasa_errors, rasa_retries, rasa_settings
 from tests.support.servers import ServerThread
-from tests.test_rasa_client import errors, rasa_settings
-
-REPLY = b'[{"recipient_id": "CA1", "text": "hola"}]'
-
-
-def retries() -> float:
-    return REGISTRY.get_sample_value("gateway_rasa_retries_total") or 0.0
 
 
 class _ComesUpOnRetry(logging.Handler):
@@ -54,7 +41,7 @@ async def test_a_refused_connection_is_sent_again_at_once_and_rasa_gets_it_once(
     caplog.set_level(logging.INFO, logger="app.rasa")
     logging.getLogger("app.rasa").addHandler(handler)
     client = RasaClient(rasa_settings(server.url))
-    before_retries, before_errors = retries(), errors("connect")
+    before_retries, before_errors = rasa_retries(), rasa_errors("connect")
     try:
         assert await client.send("CA1", "hola", {}) == [BotMessage(text="Ha dicho: hola")]
     finally:
@@ -63,8 +50,8 @@ async def test_a_refused_connection_is_sent_again_at_once_and_rasa_gets_it_once(
         server.stop()
         sock.close()
     assert [r["message"] for r in bot.requests] == ["hola"]
-    assert retries() == before_retries + 1
-    assert errors("connect") == before_errors
+    assert rasa_retries() == before_retries + 1
+    assert rasa_errors("connect") == before_errors
     assert [r.event for r in caplog.records if hasattr(r, "event")] == ["rasa_retry"]
 
 
@@ -72,15 +59,15 @@ async def test_refused_twice_is_a_connect_error_after_one_retry() -> None:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     client = RasaClient(rasa_settings(f"http://127.0.0.1:{sock.getsockname()[1]}"))
-    before_retries, before_errors = retries(), errors("connect")
+    before_retries, before_errors = rasa_retries(), rasa_errors("connect")
     try:
         with pytest.raises(BotError, match="connect"):
             await client.send("CA1", "hola", {})
     finally:
         await client.aclose()
         sock.close()
-    assert retries() == before_retries + 1
-    assert errors("connect") == before_errors + 1
+    assert rasa_retries() == before_retries + 1
+    assert rasa_errors("connect") == before_errors + 1
 
 
 async def test_connect_timeouts_are_retried_within_the_turns_timeout() -> None:
@@ -91,7 +78,7 @@ async def test_connect_timeouts_are_retried_within_the_turns_timeout() -> None:
         queued.connect(rasa.getsockname())  # fills the queue; nobody accepts
         client = RasaClient(rasa_settings(f"http://127.0.0.1:{rasa.getsockname()[1]}",
                                           connect_timeout_seconds=0.3, timeout_seconds=5))
-        before_retries, before_errors = retries(), errors("connect")
+        before_retries, before_errors = rasa_retries(), rasa_errors("connect")
         started = time.monotonic()
         try:
             with pytest.raises(BotError, match="no connection within 0.3 s"):
@@ -99,55 +86,16 @@ async def test_connect_timeouts_are_retried_within_the_turns_timeout() -> None:
         finally:
             await client.aclose()
     assert 0.5 < time.monotonic() - started < 3
-    assert retries() == before_retries + 1
-    assert errors("connect") == before_errors + 1
-
-
-class _DroppingRasa:
-    """Reads whole HTTP requests (headers and body) and records them; answers the first
-    `answered` on the same keep-alive connection, then drops the connection after reading the
-    next one (`how`: "close" sends a FIN, "reset" an RST, "unread" closes before reading)."""
-
-    def __init__(self, how: str, answered: int = 0) -> None:
-        self.how, self.answered = how, answered
-        self.connections = 0
-        self.requests: list[dict[str, object]] = []
-
-    @asynccontextmanager
-    async def serving(self) -> AsyncIterator[str]:
-        server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        try:
-            yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
-        finally:
-            server.close()
-            await server.wait_closed()
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        try:
-            while self.how != "unread":
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = int(re.search(rb"(?i)content-length: *(\d+)", head)[1])
-                self.requests.append(json.loads(await reader.readexactly(length)))
-                if len(self.requests) > self.answered:
-                    break
-                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                             b"Content-Length: %d\r\n\r\n%s" % (len(REPLY), REPLY))
-                await writer.drain()
-        except asyncio.IncompleteReadError:
-            pass
-        if self.how == "reset":  # SO_LINGER 0: close() sends an RST
-            writer.get_extra_info("socket").setsockopt(
-                socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        writer.close()
+    assert rasa_retries() == before_retries + 1
+    assert rasa_errors("connect") == before_errors + 1
 
 
 @pytest.mark.parametrize("how", ["close", "reset", "unread"])
 async def test_a_request_that_may_have_reached_rasa_is_never_sent_again(how: str) -> None:
-    rasa = _DroppingRasa(how)
+    rasa = DroppingRasa(how)
     async with rasa.serving() as url:
         client = RasaClient(rasa_settings(url))
-        before = retries()
+        before = rasa_retries()
         try:
             with pytest.raises(BotError, match="transport"):
                 await client.send("CA1", "hola", {})
@@ -155,16 +103,16 @@ async def test_a_request_that_may_have_reached_rasa_is_never_sent_again(how: str
             await client.aclose()
     assert rasa.connections == 1
     assert [r["message"] for r in rasa.requests] == ([] if how == "unread" else ["hola"])
-    assert retries() == before
+    assert rasa_retries() == before
 
 
 async def test_a_pooled_connection_dropped_after_the_request_is_not_sent_again() -> None:
     """The stale keep-alive case: the second turn goes out on the connection the first used, Rasa
     reads it and the connection dies. Rasa may have taken the turn, so it is not resent."""
-    rasa = _DroppingRasa("close", answered=1)
+    rasa = DroppingRasa("close", answered=1)
     async with rasa.serving() as url:
         client = RasaClient(rasa_settings(url))
-        before = retries()
+        before = rasa_retries()
         try:
             assert await client.send("CA1", "uno", {}) == [BotMessage(text="hola")]
             with pytest.raises(BotError, match="transport"):
@@ -173,4 +121,4 @@ async def test_a_pooled_connection_dropped_after_the_request_is_not_sent_again()
             await client.aclose()
     assert rasa.connections == 1
     assert [r["message"] for r in rasa.requests] == ["uno", "dos"]
-    assert retries() == before
+    assert rasa_retries() == before
