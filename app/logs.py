@@ -16,9 +16,11 @@ from typing import IO, Any
 
 from app.config import Settings
 
-# Between two digits of a card number: one space of any kind, a dash, a URL-encoded space
-# (a query string), or a dot starting a group of 3-4 digits ("4.539.148.803.436.467").
-_SEPARATOR = r"(?:[\s+-]|%20|\.(?=[0-9]{3,4}(?![0-9])))"
+# Between two digits of a card number: up to three spaces (of any kind), commas, slashes, dashes
+# or dots followed by no digit ("4, 5, 3, 9", "4539  1488", "4539 - 1488", "4. 5. 3."); a plus or
+# a URL-encoded space (a query string); or a dot starting a group of 3-4 digits
+# ("4.539.148.803.436.467"). A dot between digits otherwise is a decimal point, no separator.
+_SEPARATOR = r"(?:(?:[\s,/-]|\.(?![0-9])){1,3}|\+|%20|\.(?=[0-9]{3,4}(?![0-9])))"
 # 13 or more such digits (a card number keyed in with its expiry date is longer than 19). Not part
 # of a longer word (a CallSid's hex) and not the fraction of a decimal number (0.30000000000000004).
 PAN = re.compile(

@@ -96,10 +96,49 @@ def test_card_numbers_are_masked_everywhere(log_output: io.StringIO, pan: str) -
         ("4.539.148.803.436.467", "************6467"),  # Spanish thousands grouping
         ("45391488034364671227.", "********************."),  # with the expiry: masked whole
         ("at 1732548000.1234567 s", "at 1732548000.1234567 s"),  # a timestamp is no card
+        # As recognizers write digits read one by one, or in groups with pauses.
+        ("es 4, 5, 3, 9, 1, 4, 8, 8, 0, 3, 4, 3, 6, 4, 6, 7 gracias",
+         "es ************6467 gracias"),
+        ("4539, 1488, 0343, 6467.", "************6467."),
+        ("4539  1488  0343  6467", "************6467"),
+        ("4539 - 1488 - 0343 - 6467", "************6467"),
+        ("4. 5. 3. 9. 1. 4. 8. 8. 0. 3. 4. 3. 6. 4. 6. 7.", "************6467."),
+        ("4539/1488/0343/6467", "************6467"),
+        ("4539 ,1488 , 0343\t6467", "************6467"),
+        ("378282246310005", "***********0005"),  # 15 digits (Amex)
+        ("3782, 8224, 6310, 005", "***********0005"),
     ],
 )
 def test_other_ways_of_writing_card_numbers(written: str, masked: str) -> None:
     assert mask_card_numbers(written) == masked
+
+
+@pytest.mark.parametrize(
+    "ordinary",
+    [
+        "{'total_ms': 1412, 'bot_ms': 380, 'synthesis_ms': 12}",
+        '{"endpointing_ms": 400, "bot_ms": 1380, "total_ms": 1900}',
+        "CA1234567890123456789abcdef012345",  # a CallSid: CA + 32 hex
+        "CA0123456789012345678901234567890a",
+        "2026-11-25 15:00:00",
+        "2026-11-25T15:00:00.123+00:00",
+        "25/11/2026 15:00",
+        "+34600111222",  # phone numbers have fewer than 13 digits
+        "+34 600 111 222",
+        "+34600111222, +34910000000",
+        "de +34600111222 a +34910000000",
+        "127.0.0.1:54321 - \"GET /health HTTP/1.1\" 200",
+        "192.168.100.200:5001",
+        "at 1732548000.1234567 s",
+        "0.30000000000000004",
+        "4539 1488 0343",  # 12 digits
+        "1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1, 2",  # 12 digits read one by one
+        "4539 -- word -- 1488 0343 6467",  # a word breaks the run
+        "4539 ,  1488 ,  0343 ,  6467",  # four separator characters: no longer one number
+    ],
+)
+def test_ordinary_content_is_not_masked(ordinary: str) -> None:
+    assert mask_card_numbers(ordinary) == ordinary
 
 
 def test_a_bad_log_call_does_not_print_its_arguments(
@@ -132,7 +171,8 @@ def test_ordinary_numbers_are_not_masked(log_output: io.StringIO) -> None:
 @given(
     digits=st.text(alphabet="0123456789", min_size=13, max_size=19),
     separators=st.lists(
-        st.sampled_from(["", " ", "-", "\u00a0", "+", "%20"]), min_size=18, max_size=18
+        st.sampled_from(["", " ", "-", "\u00a0", "+", "%20", ", ", "  ", " - ", "/", ". "]),
+        min_size=18, max_size=18,
     ),
     before=st.sampled_from(["", "tarjeta ", "pan=", "(", '"']),
     after=st.sampled_from(["", ".", " gracias", ")", ","]),

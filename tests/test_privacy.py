@@ -46,7 +46,7 @@ def logged(bot_server: tuple[RasaBot, ServerThread]) -> Iterator[Logged]:
 
 def unseparated(text: str) -> str:
     """`text` without any of the separators a card number can be written with."""
-    return re.sub(r"%20|[\s+.,-]", "", text)
+    return re.sub(r"%20|[\s+.,/-]", "", text)
 
 
 def said(log: io.StringIO) -> list[str]:
@@ -61,10 +61,15 @@ def said(log: io.StringIO) -> list[str]:
          "caller said: mi tarjeta es ************6467"),
         ({"SpeechResult": "4539-1488-0343-6467 caduca el 12 del 27"},
          "caller said: ************6467 caduca el 12 del 27"),
+        ({"SpeechResult": "4, 5, 3, 9, 1, 4, 8, 8, 0, 3, 4, 3, 6, 4, 6, 7"},  # read one by one
+         "caller said: ************6467"),
+        ({"SpeechResult": "es el 4539, 1488, 0343, 6467"},
+         "caller said: es el ************6467"),
         ({"Digits": PAN}, "caller said: 16 digits"),
         ({"Digits": PAN + "1227"}, "caller said: 20 digits"),  # with the expiry date
     ],
-    ids=["spoken-groups", "spoken-dashes", "dtmf", "dtmf-with-expiry"],
+    ids=["spoken-groups", "spoken-dashes", "spoken-digits", "spoken-comma-groups", "dtmf",
+         "dtmf-with-expiry"],
 )
 def test_gather_input_with_a_card_number(
     logged: Logged, bot: RasaBot, fields: dict[str, str], logged_as: str
@@ -75,6 +80,7 @@ def test_gather_input_with_a_card_number(
     assert said(log) == [logged_as]
     assert '"logger": "httpcore' in log.getvalue()  # DEBUG logging is really on
     assert PAN not in unseparated(log.getvalue())
+    assert re.findall(r"[0-9]{13,}", unseparated(log.getvalue())) == []
 
 
 def test_rasa_failure_with_a_card_number(logged: Logged, bot: RasaBot) -> None:
