@@ -7,7 +7,8 @@ checks wrap every receive and send: 2% of the gateway's CPU under load (bench/RE
 Invalid frames are logged (the first few per call), counted, and skipped; the call goes on.
 
 The same loop serves the softphone (app/softphone.py): a subclass of the endpoint changes who may
-connect (`admit`) and what carries out the call's endings and watches it (`link`).
+connect (`admit`), which call a `start` may open (`vet`), and what carries out the call's endings
+and watches it (`link`).
 """
 
 from __future__ import annotations
@@ -91,7 +92,7 @@ class MediaStreamEndpoint:
             await send({"type": "websocket.close", "code": POLICY_VIOLATION,
                         "reason": admission.refusal})
             return
-        stream = _Stream(conn, receive, send, gateway, self.link)
+        stream = _Stream(conn, receive, send, gateway, self.link, self.vet)
         try:
             await stream.run()
         finally:
@@ -102,6 +103,16 @@ class MediaStreamEndpoint:
         if security.verify(conn, gateway.settings):
             return Admission()
         return Admission(refusal="invalid X-Twilio-Signature")
+
+    def vet(self, gateway: Gateway, call: CallInfo) -> CallInfo | None:
+        """The call a `start` opens, or None when it is refused (logged and counted): the upgrade's
+        signature covers no CallSid, so the stream token our TwiML issued must name this one, and
+        be fresh (app/security.py). A replayed upgrade cannot take over a live call."""
+        reason = security.check_stream(gateway.settings, call.call_sid, call.custom_parameters)
+        if reason is None:
+            return call
+        security.refuse_stream(STREAM_PATH, call.call_sid, reason)
+        return None
 
     def link(self, conn: HTTPConnection, gateway: Gateway, call: CallInfo,
              send: SendText) -> CallLink:
@@ -121,6 +132,7 @@ class _Stream:
     send: Send
     gateway: Gateway
     make_link: Callable[[HTTPConnection, Gateway, CallInfo, SendText], CallLink]
+    vet: Callable[[Gateway, CallInfo], CallInfo | None]
     link: CallLink | None = None
     state: StreamState = field(default_factory=StreamState)
     session: CallSession | None = None
@@ -155,7 +167,11 @@ class _Stream:
                     elif kind is Dtmf:
                         session.on_dtmf(event.digit)  # type: ignore[union-attr]
                     elif kind is Start:
-                        session = await self._open(event)  # type: ignore[arg-type]
+                        call = self.vet(self.gateway, event.call)  # type: ignore[attr-defined]
+                        if call is None:
+                            await self._close_socket(POLICY_VIOLATION, "stream token refused")
+                            return
+                        session = await self._open(call)
                         before_start.reschedule(None)
                     elif kind is Stop:
                         session.on_stop()  # type: ignore[union-attr]
@@ -167,8 +183,8 @@ class _Stream:
             logger.exception("media stream failed", extra={
                 "event": "stream_failed", "call_sid": self.call_sid})
 
-    async def _open(self, start: Start) -> CallSession:
-        gateway, call = self.gateway, start.call
+    async def _open(self, call: CallInfo) -> CallSession:
+        gateway = self.gateway
         self.call_sid = call.call_sid
         self.link = link = self.make_link(self.conn, gateway, call, self.send_text)
         carried = Carried.read(call.custom_parameters)
@@ -239,12 +255,12 @@ class _Stream:
                 "event": "frames_rejected", "call_sid": self.call_sid, "count": self.rejected})
         await self._close_socket(1000)
 
-    async def _close_socket(self, code: int) -> None:
+    async def _close_socket(self, code: int, reason: str = "") -> None:
         if not self.open:
             return
         self.open = False
         try:
-            await self.send({"type": "websocket.close", "code": code})
+            await self.send({"type": "websocket.close", "code": code, "reason": reason})
         except Exception:  # the peer is already gone
             pass
 

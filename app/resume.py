@@ -9,7 +9,8 @@ call itself:
 - `Carried`: how many times the call was resumed, and when it began. In the `<Redirect>` URL's
   query they cannot be forged: Twilio signs the whole URL it requests, and that URL came from our
   own TwiML. The new `<Stream>` gets them as `<Parameter>`s (Twilio drops a Stream URL's query),
-  so its session knows it is a resumed one and how long the call has lasted.
+  covered by the stream token (app/security.py), so its session knows it is a resumed one and
+  how long the call has lasted.
 - `FailedHandovers`: when the gateway meant to hand the call over (transfer, hang-up, Gather path)
   and Twilio's REST API refused, the session closes the stream and Twilio follows the same
   `<Redirect>`. The process that failed remembers what it meant, and carries it out in the

@@ -1,15 +1,27 @@
-"""Twilio request signatures (X-Twilio-Signature) for the webhooks and the media websocket.
+"""Twilio request signatures (X-Twilio-Signature) for the webhooks and the media websocket, and
+the stream token that binds a media stream to the call our TwiML started it for.
 
 Twilio signs the URL it called plus the sorted POST parameters. Behind a TLS-terminating proxy the
 URL this process sees differs from that one, so server.public_url, when set, replaces the scheme
 and host: the URL checked is public_url + path + query (wss:// for the websocket).
+
+The websocket upgrade is signed over its URL only, the same for every call: one captured upgrade
+signature would open a stream that names any live CallSid in its `start`. So the `<Stream>` our
+TwiML answers with carries, as `<Parameter>`s, the call's identity, what it carries from stream to
+stream (app/resume.py), when it was issued, and an HMAC over all of them (`stream_parameters`);
+`check_stream` verifies them on `start`. Only this process's auth token can make one, and one is
+good for STREAM_TOKEN_MAX_AGE_SECONDS: Twilio connects within seconds of the TwiML.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
 import logging
+import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 from starlette.requests import HTTPConnection
 from twilio.request_validator import RequestValidator
@@ -24,7 +36,68 @@ _REASONS = {
     "missing": "no X-Twilio-Signature header",
     "invalid": "X-Twilio-Signature does not match (wrong auth token or server.public_url?)",
     "no_auth_token": "twilio.auth_token is empty, so no signature can be checked",
+    "stream_token_missing": "the stream's start has no token parameter (not our TwiML's stream)",
+    "stream_token_invalid": "the stream's token does not match its CallSid and parameters",
+    "stream_token_expired": "the stream's token is older than the freshness window (a replay?)",
 }
+
+ISSUED_PARAMETER = "issued"  # Unix ms when the TwiML was answered
+TOKEN_PARAMETER = "token"
+STREAM_TOKEN_MAX_AGE_SECONDS = 120.0  # Twilio opens the stream within seconds of our TwiML
+_CLOCK_SKEW_MS = 5_000  # an issued time this far ahead is still accepted (several instances)
+_SIGNED = ("callSid", "from", "to", "resumes", "started", ISSUED_PARAMETER)
+_KEY_LABEL = b"voice-gateway media stream token v1"
+StreamRefusal = Literal["stream_token_missing", "stream_token_invalid", "stream_token_expired"]
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def stream_parameters(auth_token: str, identity: Mapping[str, str],
+                      issued_ms: int | None = None) -> dict[str, str]:
+    """The `<Parameter>`s of a `<Stream>`: `identity` (callSid, from, to, resumes, started), the
+    issued time, and, when there is an auth token (twilio.auth_token), the token over them all."""
+    params = {**identity, ISSUED_PARAMETER: str(now_ms() if issued_ms is None else issued_ms)}
+    if auth_token:
+        params[TOKEN_PARAMETER] = _stream_token(auth_token, params)
+    return params
+
+
+def check_stream(settings: Settings, call_sid: str, params: Mapping[str, str],
+                 at_ms: int | None = None) -> StreamRefusal | None:
+    """Why a stream's `start` is refused, or None: its token was made by `stream_parameters` for
+    this very CallSid within the freshness window. With twilio.validate_signatures off nothing is
+    checked (development, like the signatures)."""
+    if not settings.twilio.validate_signatures:
+        return None
+    token = params.get(TOKEN_PARAMETER, "")
+    if not token or not settings.twilio.auth_token:
+        return "stream_token_missing"
+    expected = _stream_token(settings.twilio.auth_token, params)
+    if params.get("callSid") != call_sid or not hmac.compare_digest(token, expected):
+        return "stream_token_invalid"
+    try:
+        age_ms = (now_ms() if at_ms is None else at_ms) - int(params[ISSUED_PARAMETER])
+    except ValueError:  # pragma: no cover - only our own TwiML makes a matching token
+        return "stream_token_invalid"
+    if not -_CLOCK_SKEW_MS <= age_ms <= STREAM_TOKEN_MAX_AGE_SECONDS * 1000:
+        return "stream_token_expired"
+    return None
+
+
+def refuse_stream(route: str, call_sid: str, reason: StreamRefusal) -> None:
+    """Log and count a refused stream `start`, like a refused signature."""
+    metrics.SIGNATURE_REJECTIONS.labels(route, reason).inc()
+    logger.warning("stream refused: %s", _REASONS[reason], extra={
+        "event": "signature_rejected", "call_sid": call_sid, "route": route, "reason": reason})
+
+
+def _stream_token(auth_token: str, params: Mapping[str, str]) -> str:
+    # A key of its own, derived from the auth token: the token itself signs Twilio's requests.
+    key = hmac.new(auth_token.encode(), _KEY_LABEL, hashlib.sha256).digest()
+    signed = json.dumps([params.get(name, "") for name in _SIGNED], ensure_ascii=True)
+    return hmac.new(key, signed.encode(), hashlib.sha256).hexdigest()
 
 
 def signed_url(conn: HTTPConnection, settings: Settings) -> str:

@@ -3,11 +3,13 @@
 `GET /softphone?token=…` serves a static page (app/static/) that captures the microphone and
 speaks Twilio's Media Streams protocol over `WS /softphone/stream`. That websocket runs the same
 loop as Twilio's (app/media.py): same CallSession, engines, Rasa client, barge-in, marks, clear.
-Three things differ, all here:
+Four things differ, all here:
 
 - Who may connect: the page offers the token as the websocket subprotocol `token.<token>` next
   to `softphone` (a header, so the token is in no websocket URL and no access log), compared in
   constant time. The page's own URL carries it as `?token=`; app/logs.py masks it in log lines.
+- Its calls' CallSids: `softphone-…` (the page makes them so, and the server prefixes any other),
+  so a softphone `start` can never name, and replace, a phone call's session.
 - Endings: there is no phone leg to move. A transfer, a hang-up or the move to the Gather path
   is told to the page as a `call_ended` message; the page then stops the stream as Twilio would.
 - The timeline: the session's CallEvents become `timeline` messages. Card numbers in them are
@@ -46,6 +48,7 @@ ASSETS_PATH = "/softphone/static"
 STATIC = Path(__file__).resolve().parent / "static"
 SUBPROTOCOL = "softphone"
 TOKEN_SUBPROTOCOL = "token."  # followed by server.softphone.token
+CALL_SID_PREFIX = "softphone-"  # Twilio's CallSids are CA + 32 hex digits
 PAGE_HEADERS = {
     "Cache-Control": "no-store",
     "Referrer-Policy": "no-referrer",  # the page's URL holds the token
@@ -84,6 +87,12 @@ class SoftphoneStreamEndpoint(MediaStreamEndpoint):
         logger.warning("softphone websocket refused: missing or wrong token",
                        extra={"event": "softphone_refused", "route": SOFTPHONE_STREAM_PATH})
         return Admission(refusal="missing or wrong softphone token", subprotocol=chosen)
+
+    def vet(self, gateway: Gateway, call: CallInfo) -> CallInfo:
+        """Every softphone call in its own namespace of CallSids (the token admitted the page)."""
+        if call.call_sid.startswith(CALL_SID_PREFIX):
+            return call
+        return dataclasses.replace(call, call_sid=CALL_SID_PREFIX + call.call_sid)
 
     def link(self, conn: HTTPConnection, gateway: Gateway, call: CallInfo,
              send: SendText) -> CallLink:

@@ -8,7 +8,7 @@ to the next travels in the URLs, so any instance can answer it: the Gather path'
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlencode, urlsplit
 
@@ -58,17 +58,14 @@ class Urls:
         return f"{scheme}://{parts.netloc}{parts.path}{STREAM_PATH}"
 
 
-def connect_stream(urls: Urls, call_sid: str, from_number: str, to_number: str,
-                   carried: Carried) -> str:
-    """Bridge the call to our websocket; when the stream ends without a hand-over, Twilio asks
-    the resume webhook what next, with what the call carries."""
+def connect_stream(urls: Urls, parameters: Mapping[str, str], carried: Carried) -> str:
+    """Bridge the call to our websocket, with `parameters` (app/security.stream_parameters: the
+    call's identity, what it carries, the stream token) in its `start`; when the stream ends
+    without a hand-over, Twilio asks the resume webhook what next, with what the call carries."""
     response = VoiceResponse()
     connect = response.connect()
     stream = connect.stream(url=urls.stream)
-    stream.parameter(name="callSid", value=call_sid)
-    stream.parameter(name="from", value=from_number)
-    stream.parameter(name="to", value=to_number)
-    for name, value in carried.params().items():
+    for name, value in parameters.items():
         stream.parameter(name=name, value=value)
     response.redirect(urls.resume(carried), method="POST")
     return str(response)

@@ -123,7 +123,7 @@ async def voice(request: Request, gateway: Gateway, form: Form) -> str:
     )
     urls = urls_for(request, gateway)
     if mode == "stream":
-        return twiml.connect_stream(urls, call_sid, from_number, to_number, Carried())
+        return _connect_stream(gateway, urls, call_sid, from_number, to_number, Carried())
     return twiml.gather(settings, urls, [greeting_text(settings)])
 
 
@@ -144,8 +144,8 @@ async def resume(request: Request, gateway: Gateway, form: Form) -> str:
         outcome, body = "gather", twiml.gather(settings, urls, [settings.prompts.resume])
     else:
         outcome = "stream"
-        body = twiml.connect_stream(urls, call_sid, form.get("From", ""), form.get("To", ""),
-                                    carried.resumed())
+        body = _connect_stream(gateway, urls, call_sid, form.get("From", ""), form.get("To", ""),
+                               carried.resumed())
     metrics.RESUMES.labels(outcome).inc()
     logger.info("stream ended without a hand-over: %s", outcome, extra={
         "event": "resume", **_who(form), "outcome": outcome, "resumes": carried.resumes,
@@ -267,6 +267,14 @@ async def ready(request: Request) -> Response:
 
 async def metrics_endpoint(request: Request) -> Response:
     return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+
+def _connect_stream(gateway: Gateway, urls: Urls, call_sid: str, from_number: str,
+                    to_number: str, carried: Carried) -> str:
+    """The `<Connect><Stream>` whose token binds the stream to this call (app/security.py)."""
+    identity = {"callSid": call_sid, "from": from_number, "to": to_number, **carried.params()}
+    parameters = security.stream_parameters(gateway.settings.twilio.auth_token, identity)
+    return twiml.connect_stream(urls, parameters, carried)
 
 
 def _who(form: Form) -> dict[str, str | None]:

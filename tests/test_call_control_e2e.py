@@ -26,7 +26,7 @@ from tests.support.google_fakes import FakeSpeechServer
 from tests.support.rasa_bot import RasaBot
 from tests.support.servers import ServerThread, running
 from tests.support.twilio_api import TwilioApi
-from tests.support.twilio_sign import asigned_post, call_params, signed_headers
+from tests.support.twilio_sign import answered, asigned_post, call_params, signed_headers
 from tests.support.caller_audio import SILENT_FRAME, frames, tone
 
 CALL = "CA" + "e2e1" * 8
@@ -118,7 +118,7 @@ class TwilioLeg:
 @asynccontextmanager
 async def stream_call(gw: RunningGateway) -> AsyncIterator[TwilioLeg]:
     url = gw.url.replace("http://", "ws://") + "/webhook/twilio/stream"
-    stream = TwilioSide(call_sid=CALL, account_sid=ACCOUNT_SID)
+    stream = answered(TwilioSide(call_sid=CALL, account_sid=ACCOUNT_SID), AUTH_TOKEN)
     async with connect(url, additional_headers=signed_headers(url, token=AUTH_TOKEN),
                        proxy=None) as ws:
         leg = TwilioLeg(ws, stream)

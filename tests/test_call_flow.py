@@ -15,12 +15,12 @@ URLS = twiml.Urls("https://voice.bank.example")
 
 
 def test_a_new_call_streams_then_asks_the_resume_webhook() -> None:
-    document = twiml.connect_stream(URLS, "CA1", "+34600111222", "+34910000000",
-                                    Carried(resumes=0, started=1767225600))
+    parameters = {"callSid": "CA1", "from": "+34600111222", "to": "+34910000000",
+                  "resumes": "0", "started": "1767225600", "issued": "1767225600123",
+                  "token": "ab12"}
+    document = twiml.connect_stream(URLS, parameters, Carried(resumes=0, started=1767225600))
     assert read(document) == [
-        Stream("wss://voice.bank.example/webhook/twilio/stream",
-               {"callSid": "CA1", "from": "+34600111222", "to": "+34910000000",
-                "resumes": "0", "started": "1767225600"}),
+        Stream("wss://voice.bank.example/webhook/twilio/stream", parameters),
         Redirect("https://voice.bank.example/webhook/twilio/resume?resumes=0&started=1767225600"),
     ]
 

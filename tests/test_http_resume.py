@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
@@ -47,9 +48,12 @@ def test_a_dropped_stream_gets_a_new_one_that_carries_the_count_and_the_start(
     assert [child.tag for child in root] == ["Connect", "Redirect"]
     (stream,) = root[0]
     assert stream.attrib == {"url": "wss://voice.bank.example/webhook/twilio/stream"}
-    assert {p.attrib["name"]: p.attrib["value"] for p in stream} == {
-        "callSid": SID, "from": "+34600111222", "to": "+34910000000",
-        "resumes": "2", "started": STARTED}
+    parameters = {p.attrib["name"]: p.attrib["value"] for p in stream}
+    issued, token = parameters.pop("issued"), parameters.pop("token")
+    assert parameters == {"callSid": SID, "from": "+34600111222", "to": "+34910000000",
+                          "resumes": "2", "started": STARTED}
+    assert abs(int(issued) - time.time() * 1000) < 60_000  # Unix ms: when this was answered
+    assert re.fullmatch(r"[0-9a-f]{64}", token)  # the HMAC binding them (tests/test_media_ws.py)
     assert root[1].text == f"{PUBLIC}{RESUME}?resumes=2&started={STARTED}"
     assert root.find(".//Say") is None  # the new session speaks prompts.resume itself
     assert bot.requests == []  # the conversation goes on in Rasa as it was

@@ -95,15 +95,19 @@ def test_voice_stream_mode_connects_the_media_stream(
     assert stream.tag == "Stream"
     assert stream.attrib == {"url": f"ws://{host}/webhook/twilio/stream"}
     params = [(p.tag, p.attrib["name"], p.attrib["value"]) for p in stream]
-    started = params[-1][2]
+    started, issued, token = (value for _, _, value in params[4:])
     assert before <= int(started) <= time.time()  # when the call was answered, Unix seconds
+    assert before * 1000 <= int(issued) <= time.time() * 1000  # the same, Unix ms
     assert params == [
         ("Parameter", "callSid", SID),
         ("Parameter", "from", "+34600111222"),
         ("Parameter", "to", "+34910000000"),
         ("Parameter", "resumes", "0"),
         ("Parameter", "started", started),
+        ("Parameter", "issued", issued),
+        ("Parameter", "token", token),  # binds the stream to this call (tests/test_media_ws.py)
     ]
+    assert len(token) == 64
     # The stream's end (when the gateway did not hand the call over) asks what next.
     assert root[1].text == f"http://{host}/webhook/twilio/resume?resumes=0&started={started}"
     assert root[1].attrib == {"method": "POST"}

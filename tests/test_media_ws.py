@@ -22,7 +22,7 @@ from app import media
 from streaming.twilio_side import TwilioSide
 from tests.support.gateway import AUTH_TOKEN, RunningGateway, null_gateway, running_gateway
 from tests.support.gateway_process import LiveCall
-from tests.support.twilio_sign import signed_headers
+from tests.support.twilio_sign import answered, signed_headers
 
 PATH = "/webhook/twilio/stream"
 
@@ -87,7 +87,8 @@ async def test_unsigned_upgrade_is_closed_with_policy_violation(gw: RunningGatew
 
 
 async def test_garbage_does_not_end_the_call_and_stop_cleans_up(gw: RunningGateway) -> None:
-    twilio = TwilioSide(call_sid="CA" + "a1" * 16, stream_sid="MZ" + "b2" * 16)
+    twilio = answered(TwilioSide(call_sid="CA" + "a1" * 16, stream_sid="MZ" + "b2" * 16),
+                      AUTH_TOKEN)
     reasons = ["before_start", "binary_frame", "invalid_json", "unknown_event", "bad_base64",
                "wrong_stream_sid", "missing_field", "duplicate_start"]
     counts = {reason: rejected(reason) for reason in reasons}
@@ -124,7 +125,8 @@ async def test_garbage_does_not_end_the_call_and_stop_cleans_up(gw: RunningGatew
 
 
 async def test_disconnect_without_stop_cleans_up(gw: RunningGateway) -> None:
-    twilio = TwilioSide(call_sid="CA" + "c3" * 16, stream_sid="MZ" + "d4" * 16)
+    twilio = answered(TwilioSide(call_sid="CA" + "c3" * 16, stream_sid="MZ" + "d4" * 16),
+                      AUTH_TOKEN)
     before = gw.tasks()
     async with open_stream(gw) as ws:
         await ws.send(twilio.start())
@@ -155,7 +157,8 @@ async def test_a_socket_that_never_starts_is_closed(gw: RunningGateway, monkeypa
 
 async def test_a_turn_over_the_socket_reaches_rasa_and_comes_back(gw: RunningGateway) -> None:
     """Wiring: the gateway's engines, Rasa client and session behind the real endpoint."""
-    twilio = TwilioSide(call_sid="CA" + "e5" * 16, stream_sid="MZ" + "f6" * 16)
+    twilio = answered(TwilioSide(call_sid="CA" + "e5" * 16, stream_sid="MZ" + "f6" * 16),
+                      AUTH_TOKEN)
     seen = len(gw.bot.requests)
 
     async def marks(ws: ClientConnection) -> list[str]:
@@ -222,12 +225,91 @@ async def test_a_second_stream_for_a_live_call_replaces_its_session(gw: RunningG
     assert await asyncio.to_thread(gw.wait_settled, before) == []
 
 
+def signature_rejections(reason: str) -> float:
+    return REGISTRY.get_sample_value("gateway_signature_rejections_total",
+                                     {"route": PATH, "reason": reason}) or 0.0
+
+
+def forged(call_sid: str, how: str) -> TwilioSide:
+    """A start naming the live call `call_sid`, by someone holding a valid upgrade signature."""
+    twilio = TwilioSide(call_sid=call_sid)
+    if how == "no_token":
+        return twilio  # callSid, from and to only
+    if how == "another_calls_token":  # a real token, issued for the attacker's own call
+        own = answered(TwilioSide(call_sid="CA" + "66" * 16), AUTH_TOKEN)
+        twilio.custom_parameters = {**(own.custom_parameters or {}), "callSid": call_sid}
+        return twilio
+    if how == "wrong_token":
+        answered(twilio, AUTH_TOKEN)
+        twilio.custom_parameters = {**(twilio.custom_parameters or {}), "token": "0" * 64}
+        return twilio
+    if how == "resumes_changed":  # the resume count and start bound by the token, lowered
+        answered(twilio, AUTH_TOKEN, resumes=2)
+        twilio.custom_parameters = {**(twilio.custom_parameters or {}), "resumes": "0",
+                                    "started": str(int(time.time()))}
+        return twilio
+    assert how == "stale"  # a token as Twilio would have had it 121 s ago
+    return answered(twilio, AUTH_TOKEN, issued_ms=time.time_ns() // 1_000_000 - 121_000)
+
+
+@pytest.mark.parametrize(("how", "reason"), [
+    ("no_token", "stream_token_missing"),
+    ("another_calls_token", "stream_token_invalid"),
+    ("wrong_token", "stream_token_invalid"),
+    ("resumes_changed", "stream_token_invalid"),
+    ("stale", "stream_token_expired"),
+])
+async def test_a_signed_upgrade_cannot_take_over_a_live_call(gw: RunningGateway, caplog,
+                                                             how: str, reason: str) -> None:
+    """Twilio signs the upgrade over its URL only, the same for every call: a start must also
+    carry the stream token our TwiML issued for its CallSid, fresh, or it is refused and the
+    live call's session is left alone."""
+    call_sid = "CA" + "5e" * 16
+    before, replaced, refused = gw.tasks(), sessions_replaced(), signature_rejections(reason)
+    async with LiveCall.open(stream_url(gw), call_sid, token=AUTH_TOKEN) as live:
+        await live.turn(gw.bot)
+        session = gw.gateway.calls[call_sid]
+        with caplog.at_level(logging.WARNING, logger="app.security"):
+            async with open_stream(gw) as ws:  # a valid upgrade signature
+                attacker = forged(call_sid, how)
+                await ws.send(attacker.connected())
+                await ws.send(attacker.start())
+                assert await closed_with(ws) == 1008
+        assert gw.gateway.calls[call_sid] is session and not session.closed
+        assert sessions_replaced() == replaced
+        assert signature_rejections(reason) == refused + 1
+        (warning,) = [r for r in caplog.records
+                      if getattr(r, "event", None) == "signature_rejected"]
+        assert (warning.levelname, warning.reason, warning.call_sid) == ("WARNING", reason,
+                                                                         call_sid)
+        await live.turn(gw.bot)  # the real caller goes on talking to the bot
+        await live.ws.send(live.twilio.stop())
+        assert await live.closed_with() == 1000
+    await until(lambda: not gw.gateway.calls, what="call unregistered")
+    assert await asyncio.to_thread(gw.wait_settled, before) == []
+
+
+async def test_without_signature_checks_a_start_needs_no_token() -> None:
+    """twilio.validate_signatures: false (development) accepts any start, as it accepts any
+    upgrade."""
+    with running_gateway(stt={"engine": "null"}, tts={"engine": "null"},
+                         twilio={"validate_signatures": False}) as dev:
+        twilio = TwilioSide(call_sid="CA" + "4d" * 16)
+        async with open_stream(dev, headers={}) as ws:
+            await ws.send(twilio.connected())
+            await ws.send(twilio.start())
+            await until(lambda: twilio.call_sid in dev.gateway.calls, what="call registered")
+            await ws.send(twilio.stop())
+            assert await closed_with(ws) == 1000
+
+
 async def test_streams_racing_for_one_call_leave_one_session(gw: RunningGateway, caplog) -> None:
     """Three sockets start the same call at once: a session being replaced may itself be replaced
     before it started; whatever the order, one session is left and the other sockets close."""
     call_sid = "CA" + "8b" * 16
     before, replaced = gw.tasks(), sessions_replaced()
-    streams = [TwilioSide(call_sid=call_sid, stream_sid=f"MZ{index:032x}") for index in range(3)]
+    streams = [answered(TwilioSide(call_sid=call_sid, stream_sid=f"MZ{index:032x}"), AUTH_TOKEN)
+               for index in range(3)]
     async with open_stream(gw) as a, open_stream(gw) as b, open_stream(gw) as c:
         sockets = [a, b, c]
         await asyncio.gather(*(ws.send(twilio.start()) for ws, twilio in zip(sockets, streams)))
@@ -253,8 +335,10 @@ async def test_a_stream_whose_media_stopped_is_closed_and_its_session_stops() ->
                          call={"media_timeout_seconds": 0.5}) as quick:
         timeouts = REGISTRY.get_sample_value("gateway_stream_media_timeouts_total") or 0.0
         before = quick.tasks()
-        live = TwilioSide(call_sid="CA" + "9c" * 16, stream_sid="MZ" + "0d" * 16)
-        silent = TwilioSide(call_sid="CA" + "ae" * 16, stream_sid="MZ" + "1f" * 16)
+        live = answered(TwilioSide(call_sid="CA" + "9c" * 16, stream_sid="MZ" + "0d" * 16),
+                        AUTH_TOKEN)
+        silent = answered(TwilioSide(call_sid="CA" + "ae" * 16, stream_sid="MZ" + "1f" * 16),
+                          AUTH_TOKEN)
         async with open_stream(quick) as streaming, open_stream(quick) as cut:
             for ws, twilio in ((streaming, live), (cut, silent)):
                 await ws.send(twilio.connected())

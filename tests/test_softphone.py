@@ -22,7 +22,8 @@ from streaming.twilio_side import TwilioSide
 from tests.support.caller_audio import SILENT_FRAME
 from tests.support.gateway import AUTH_TOKEN, RunningGateway, running_gateway
 from tests.support.rasa_bot import RasaBot
-from tests.support.twilio_sign import signed_headers
+from tests.support.gateway_process import LiveCall
+from tests.support.twilio_sign import answered, signed_headers
 
 TOKEN = "softphone-test-token-0123456789"
 AGENT = "+34911234567"
@@ -73,7 +74,7 @@ class Page:
 
     def __init__(self, ws: ClientConnection, call_sid: str) -> None:
         self.ws = ws
-        self.twilio = TwilioSide(call_sid=call_sid, stream_sid="MZ" + call_sid[2:],
+        self.twilio = TwilioSide(call_sid=call_sid, stream_sid="MZ" + call_sid[-32:],
                                    from_number="softphone", to_number="softphone")
         self.received: list[dict[str, Any]] = []
 
@@ -184,7 +185,7 @@ async def test_a_call_tells_the_page_its_timeline_and_ends_on_hang_up(
     bot.reply = reply({"text": "Ha dicho hola."}, {"custom": {"action": "hangup"}})
     before = gw.tasks()
     async with open_softphone(gw) as ws:
-        page = Page(ws, "CA" + "a1" * 16)
+        page = Page(ws, "softphone-" + "a1" * 16)
         await page.start()
         assert await page.timeline("prompt") == {"kind": "prompt", "name": "greeting",
                                                  "text": gw.gateway.calls[page.twilio.call_sid]
@@ -219,7 +220,7 @@ async def test_a_transfer_ends_the_call_on_the_page(gw: RunningGateway, bot: Ras
     bot.reply = reply({"text": "Le paso."}, {"custom": custom})
     before = gw.tasks()
     async with open_softphone(gw) as ws:
-        page = Page(ws, "CA" + "b2" * 16)
+        page = Page(ws, "softphone-" + "b2" * 16)
         await page.start()
         await page.greeted()
         await page.say_something()
@@ -233,7 +234,7 @@ async def test_card_numbers_reach_rasa_but_only_masked_reach_the_page(
         gw: RunningGateway, bot: RasaBot) -> None:
     pan = "4539148803436467"
     async with open_softphone(gw) as ws:
-        page = Page(ws, "CA" + "c3" * 16)
+        page = Page(ws, "softphone-" + "c3" * 16)
         await page.start()
         for digit in pan + "#":
             await ws.send(page.twilio.dtmf(digit))
@@ -252,6 +253,7 @@ async def test_twilio_streams_get_no_softphone_messages(gw: RunningGateway,
     async with connect(url, proxy=None, max_queue=None,
                        additional_headers=signed_headers(url, token=AUTH_TOKEN)) as ws:
         page = Page(ws, "CA" + "d4" * 16)  # the same messages Twilio sends
+        answered(page.twilio, AUTH_TOKEN)  # with the parameters of our TwiML
         await page.start()
         await page.greeted()
         await page.say_something()
@@ -264,3 +266,30 @@ async def test_twilio_streams_get_no_softphone_messages(gw: RunningGateway,
     kinds = {m["event"] for m in page.received}
     assert kinds and kinds <= {"media", "mark", "clear"}
     assert not kinds & SOFTPHONE_EVENTS
+
+
+async def test_a_softphone_call_never_replaces_a_phone_calls_session(gw: RunningGateway,
+                                                                     bot: RasaBot) -> None:
+    """The softphone's CallSids live in their own namespace: a page naming a live phone call's
+    CallSid gets a call of its own, and the phone call's session is left alone."""
+    phone_sid = "CA" + "e7" * 16
+    before = gw.tasks()
+    async with LiveCall.open(ws_url(gw, "/webhook/twilio/stream"), phone_sid,
+                             token=AUTH_TOKEN) as phone:
+        phone_session = gw.gateway.calls[phone_sid]
+        async with open_softphone(gw) as ws:
+            page = Page(ws, phone_sid)
+            await page.start()
+            await page.greeted()
+            assert sorted(gw.gateway.calls) == [phone_sid, "softphone-" + phone_sid]
+            assert gw.gateway.calls[phone_sid] is phone_session and not phone_session.closed
+            await page.say_something()
+            await page.timeline("bot_reply")
+            assert [r["sender"] for r in bot.requests] == ["softphone-" + phone_sid]
+            await page.hang_up()
+            assert (await closed_with(ws))[0] == 1000
+        await phone.turn(bot)  # the phone call goes on, its own conversation
+        assert [r["sender"] for r in bot.requests][-1] == phone_sid
+        await phone.ws.send(phone.twilio.stop())
+        assert await phone.closed_with() == 1000
+    await wait_no_calls(gw, before)

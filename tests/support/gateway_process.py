@@ -34,7 +34,7 @@ from streaming.tasks import cancel_and_wait
 from streaming.twilio_side import TwilioSide, new_sid
 from tests.support.rasa_bot import RasaBot
 from tests.support.servers import free_port, running
-from tests.support.twilio_sign import asigned_post, call_params, signed_headers
+from tests.support.twilio_sign import answered, asigned_post, call_params, signed_headers
 from tests.support.caller_audio import FRAME_BYTES, SILENT_FRAME
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -195,7 +195,8 @@ class LiveCall:
         a new SID by default)."""
         headers = signed_headers(signed_url or url, token=token)
         async with connect(url, proxy=None, open_timeout=10, additional_headers=headers) as ws:
-            twilio = TwilioSide(call_sid=call_sid, stream_sid=stream_sid or new_sid("MZ"))
+            twilio = answered(TwilioSide(call_sid=call_sid, stream_sid=stream_sid or new_sid("MZ")),
+                              token)
             await ws.send(twilio.connected())
             await ws.send(twilio.start())
             call = cls(ws, twilio)

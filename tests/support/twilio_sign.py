@@ -5,8 +5,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, TypedDict, Unpack
 
+import time
+
 import httpx
 from twilio.request_validator import RequestValidator
+
+from app.security import stream_parameters
+from streaming.twilio_side import TwilioSide
 
 TOKEN = "test-auth-token-0123456789abcdef"
 HEADER = "X-Twilio-Signature"
@@ -22,6 +27,16 @@ def signed_headers(
 ) -> dict[str, str]:
     """Headers for a websocket upgrade or any request signed like Twilio's."""
     return {HEADER: signature(url, params, token)}
+
+
+def answered(twilio: TwilioSide, token: str = TOKEN, resumes: int = 0,
+             issued_ms: int | None = None) -> TwilioSide:
+    """`twilio` with the `<Parameter>`s the voice webhook's TwiML would give its call (the
+    stream token included), for tests that open the websocket without asking the webhook."""
+    identity = {"callSid": twilio.call_sid, "from": twilio.from_number, "to": twilio.to_number,
+                "resumes": str(resumes), "started": str(int(time.time()))}
+    twilio.custom_parameters = stream_parameters(token, identity, issued_ms)
+    return twilio
 
 
 class SignOptions(TypedDict, total=False):

@@ -41,7 +41,7 @@ function unbase64(text) {
 class Call {
   constructor(ui) {
     this.ui = ui;
-    this.callSid = randomSid("CA");
+    this.callSid = randomSid("softphone-"); // the server keeps softphone calls apart from calls
     this.streamSid = randomSid("MZ");
     this.accountSid = "AC" + "0".repeat(32);
     this.sequence = 0;
