@@ -65,7 +65,8 @@ RESUMES = Counter(
     "gateway_resumes_total",
     "What the resume webhook answered a call whose stream ended without a hand-over, by outcome: "
     "stream (resumed), gather (the instance was draining or full), handover (carried out a "
-    "hand-over Twilio had refused this process), exhausted (call.max_resumes: the agent).",
+    "hand-over Twilio had refused this process), expired (past call.max_duration_seconds: "
+    "goodbye and hang-up), exhausted (call.max_resumes: the agent).",
     ["outcome"],
 )
 CALL_STATUS = Counter(

@@ -132,6 +132,14 @@ def transfer(settings: Settings, urls: Urls, says: Sequence[str] = (), number: s
     return str(response)
 
 
+def goodbye(settings: Settings) -> str:
+    """`prompts.goodbye` and the hang-up: a call past call.max_duration_seconds."""
+    response = VoiceResponse()
+    _say_all(response, settings, [settings.prompts.goodbye])
+    response.hangup()
+    return str(response)
+
+
 def after_dial(settings: Settings, dial_status: str) -> str:
     """End of the agent call: a completed call just ends; otherwise nobody answered."""
     response = VoiceResponse()

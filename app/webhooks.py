@@ -138,6 +138,8 @@ async def resume(request: Request, gateway: Gateway, form: Form) -> str:
     reason = _why_gather(gateway)
     if handover is not None:  # this process closed the stream after Twilio refused it
         outcome, body = "handover", twiml.hand_over(settings, urls, handover)
+    elif carried.elapsed_seconds() >= settings.call.max_duration_seconds:
+        outcome, body = "expired", twiml.goodbye(settings)  # as the session ends such a call
     elif carried.resumes >= settings.call.max_resumes:
         outcome, body = "exhausted", twiml.transfer(settings, urls)
     elif reason is not None:  # the Gather path needs no instance of its own

@@ -22,7 +22,7 @@ from tests.support.servers import ServerThread
 from tests.support.twilio_sign import call_params, signed_post
 
 RESUME = "/webhook/twilio/resume"
-STARTED = "1767225600"  # 2026-01-01 00:00 UTC
+STARTED = str(int(time.time()))  # the call began as this module's tests run
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +70,31 @@ def test_after_max_resumes_the_caller_goes_to_the_agent(gw: Running) -> None:
     assert root[0].text == gw.settings.prompts.transfer
     assert root[1].findtext("Number") == AGENT
     assert resumes("exhausted") == before + 1
+
+
+@pytest.mark.parametrize("resumes_so_far", [0, 2])  # before the resume limit too
+def test_a_resume_after_the_longest_call_says_goodbye_and_hangs_up(
+    gw: Running, bot: RasaBot, caplog: pytest.LogCaptureFixture, resumes_so_far: int
+) -> None:
+    """call.max_duration_seconds counts the whole call, from `started`: a stream that drops
+    after it is not resumed, and the call ends as the session ends such a call."""
+    assert gw.settings.call.max_duration_seconds == 1800
+    started = int(time.time()) - 1801
+    before = resumes("expired")
+    with caplog.at_level(logging.INFO, logger="app.webhooks"):
+        root = gw.twiml(f"{RESUME}?resumes={resumes_so_far}&started={started}")
+    assert [child.tag for child in root] == ["Say", "Hangup"]
+    assert root[0].text == "Gracias por llamar. Adiós."  # prompts.goodbye
+    assert bot.requests == []
+    assert resumes("expired") == before + 1
+    (record,) = [r for r in caplog.records if getattr(r, "event", None) == "resume"]
+    assert (record.levelname, record.outcome, record.resumes) == ("INFO", "expired",
+                                                                  resumes_so_far)
+
+
+def test_a_resume_just_within_the_longest_call_still_streams(gw: Running) -> None:
+    root = gw.twiml(f"{RESUME}?resumes=0&started={int(time.time()) - 1700}")
+    assert [child.tag for child in root] == ["Connect", "Redirect"]
 
 
 def test_the_count_cannot_be_lowered_without_breaking_the_signature(gw: Running) -> None:
