@@ -46,8 +46,8 @@ class Carried:
     def read(cls, values: Mapping[str, str]) -> Carried:
         """From the Redirect's query or the stream's custom parameters. What is missing or not a
         number (TwiML from before resumes existed, the softphone) is a new call's."""
-        resumes = _integer(values.get("resumes"))
-        started = _integer(values.get("started"))
+        resumes = integer(values.get("resumes"))
+        started = integer(values.get("started"))
         return cls(0 if resumes is None else max(0, min(resumes, MOST_RESUMES)),
                    _now() if started is None else started)
 
@@ -63,7 +63,9 @@ class Carried:
         return float(max(0, _now() - self.started))
 
 
-def _integer(raw: str | None) -> int | None:
+def integer(raw: str | None) -> int | None:
+    """A count or time from a URL's query or a stream's parameters; None when missing or not an
+    integer (the one reading of such values: app/webhooks.py, app/security.py)."""
     try:
         return int(raw) if raw is not None else None
     except ValueError:

@@ -28,6 +28,7 @@ from twilio.request_validator import RequestValidator
 
 from app import metrics
 from app.config import Settings
+from app.resume import integer
 
 logger = logging.getLogger("app.security")
 
@@ -77,10 +78,10 @@ def check_stream(settings: Settings, call_sid: str, params: Mapping[str, str],
     expected = _stream_token(settings.twilio.auth_token, params)
     if params.get("callSid") != call_sid or not hmac.compare_digest(token, expected):
         return "stream_token_invalid"
-    try:
-        age_ms = (now_ms() if at_ms is None else at_ms) - int(params[ISSUED_PARAMETER])
-    except ValueError:  # pragma: no cover - only our own TwiML makes a matching token
+    issued = integer(params.get(ISSUED_PARAMETER))
+    if issued is None:  # pragma: no cover - only our own TwiML makes a matching token
         return "stream_token_invalid"
+    age_ms = (now_ms() if at_ms is None else at_ms) - issued
     if not -_CLOCK_SKEW_MS <= age_ms <= STREAM_TOKEN_MAX_AGE_SECONDS * 1000:
         return "stream_token_expired"
     return None

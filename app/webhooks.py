@@ -21,7 +21,7 @@ from app import __version__, metrics, security, twiml
 from app.config import startup_warnings
 from app.gateway import Gateway
 from app.prompts import greeting_text
-from app.resume import Carried
+from app.resume import Carried, integer
 from app.twiml import Urls
 from streaming.actions import plan_turn, turn_metadata
 from streaming.ports import BotError
@@ -34,6 +34,7 @@ Handler = Callable[[Request, Gateway, Form], Awaitable[str]]
 FINAL_STATUSES = frozenset({"completed", "busy", "failed", "no-answer", "canceled"})
 KNOWN_STATUSES = FINAL_STATUSES | {"queued", "initiated", "ringing", "in-progress"}
 XML = "application/xml"
+MOST_NO_INPUT = 100  # what a carried no-input count is clamped to
 CHANNEL = "twilio_voice_gather"  # the `channel` of this path's turns in Rasa's metadata
 
 
@@ -159,7 +160,7 @@ async def resume(request: Request, gateway: Gateway, form: Form) -> str:
 async def speech(request: Request, gateway: Gateway, form: Form) -> str:
     settings, urls = gateway.settings, urls_for(request, gateway)
     call_sid = form.get("CallSid", "")
-    no_input = _count(request.query_params.get("noinput"))
+    no_input = max(0, min(integer(request.query_params.get("noinput")) or 0, MOST_NO_INPUT))
     digits, spoken = form.get("Digits", "").strip(), form.get("SpeechResult", "").strip()
     text, kind = (digits, "dtmf") if digits else (spoken, "speech")
     log = _who(form)
@@ -305,13 +306,6 @@ def _readiness(gateway: Gateway) -> dict[str, bool | None]:
     reachable = gateway.rasa.last_known_reachable
     return {"ready": not draining and not at_capacity and reachable is not False,
             "draining": draining, "at_capacity": at_capacity, "rasa_reachable": reachable}
-
-
-def _count(raw: str | None) -> int:
-    try:
-        return max(0, min(int(raw or 0), 100))
-    except ValueError:
-        return 0
 
 
 def _name(engine: object) -> str:

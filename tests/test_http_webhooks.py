@@ -261,6 +261,20 @@ def test_silence_reprompts_then_transfers(gather_gw: Running, bot: RasaBot) -> N
     assert sample("gateway_gather_no_input_total") == before + 2
 
 
+@pytest.mark.parametrize(("carried", "next_tags"), [
+    ("", ["Gather", "Redirect"]),       # missing: 0, then 1 after this silence
+    ("abc", ["Gather", "Redirect"]),    # not a number: 0
+    ("-5", ["Gather", "Redirect"]),     # clamped to 0
+    ("99999", ["Say", "Dial"]),         # clamped to 100: past gather.no_input_limit
+])
+def test_a_bad_no_input_count_is_read_as_a_bound_one(gather_gw: Running, bot: RasaBot,
+                                                     carried: str, next_tags: list[str]) -> None:
+    root = gather_gw.twiml(f"/webhook/twilio/speech?noinput={carried}")
+    assert children(root) == next_tags
+    if next_tags[0] == "Gather":
+        assert_gather(root[0], f"{SPEECH}?noinput=1")
+
+
 def test_a_degraded_call_is_prompted_without_counting(gather_gw: Running, bot: RasaBot) -> None:
     root = gather_gw.twiml("/webhook/twilio/speech?degraded=1")
     assert children(root) == ["Gather", "Redirect"]

@@ -17,12 +17,11 @@ import numpy as np
 
 from app.config import Settings
 from app.engines import build_tts
-from app.prompts import greeting_text
+from app.prompts import salutation
 from app.simulate import SimulatedCall, SimulationResult, Turn, load_wav, simulate_call
 from app.twiml import STREAM_PATH
 from audio import mulaw
 from audio.framing import SAMPLE_RATE
-from streaming.playback import split_sentences
 from streaming.tts.null import NullTextToSpeech
 from tests.support.balancer import Balancer, balancing
 from tests.support.caller_audio import SILENT_FRAME
@@ -96,13 +95,13 @@ def pcm(audio: bytes) -> np.ndarray:
     return np.frombuffer(mulaw.decode(audio), np.int16).astype(float)
 
 
-async def sentences(text: str) -> list[bytes]:
-    """`text` as the gateways' synthesizer (espeak, default settings) speaks it: sentence by
-    sentence, as the session plays it."""
+async def sentences(*texts: str) -> list[bytes]:
+    """The sentences `texts` as the gateways' synthesizer (espeak, default settings) speaks them,
+    one by one as the session plays them."""
     tts = build_tts(Settings())
     try:
         return [b"".join([chunk async for chunk in tts.synthesize(sentence, "es-ES")])
-                for sentence in split_sentences(text)]
+                for sentence in texts]
     finally:
         await tts.aclose()
 
@@ -166,8 +165,10 @@ async def test_a_call_goes_on_on_another_instance_after_kill_9_of_its_own() -> N
         assert result.outcome == "the caller hung up"
 
         # What the caller heard on each stream first: the greeting, then prompts.resume.
-        resume = await sentences(PROMPTS.resume)
-        greeting = await sentences(greeting_text(Settings()))
+        resume = await sentences("Disculpe, se ha cortado la comunicación.", "¿En qué estábamos?")
+        greeting = await sentences(
+            f"{salutation(Settings())}, le atiende el asistente virtual de bloqueo de tarjetas.",
+            "¿En qué puedo ayudarle?")
         assert heard_as(result, 0, greeting)[0] > 0.9, result.timeline()
         resumed, end = heard_as(result, 1, resume)
         assert resumed > 0.9, result.timeline()
@@ -194,6 +195,11 @@ async def test_after_max_resumes_drops_the_caller_goes_to_the_agent() -> None:
         assert [side.custom_parameters["resumes"] for side in simulated.streams] == ["0", "1", "2"]
         assert [url.split("?")[1].split("&")[0] for url in events(result, "redirect")] == [
             "resumes=0", "resumes=1", "resumes=2"]
+        # The call's start travels unchanged, so call.max_duration_seconds counts the whole call.
+        (started,) = {side.custom_parameters["started"] for side in simulated.streams}
+        assert [url.split("&")[1] for url in events(result, "redirect")] == [
+            f"started={started}"] * 3
+        assert 0 <= time.time() - int(started) < 30
         assert events(result, "say") == [PROMPTS.transfer]
         assert result.outcome == f"<Dial> {AGENT}"
         assert await sample(gateway, "gateway_resumes_total", outcome="stream") == 2
@@ -288,7 +294,7 @@ async def test_the_longest_call_hears_goodbye_and_is_hung_up() -> None:
         (_, greeting_end), (goodbye, goodbye_end) = spans(result)
         assert goodbye >= 2.0 > greeting_end  # real time: the limit counts from the call's start
         # The null synthesizer speaks so many ms per character: the goodbye, whole.
-        characters = len("".join(split_sentences(PROMPTS.goodbye)))
+        characters = len("Gracias por llamar.") + len("Adiós.")  # its two sentences
         assert abs(goodbye_end - goodbye - characters * NullTextToSpeech().ms_per_char / 1000
                    ) < 0.1
         assert await sample(gateway, "gateway_stream_max_duration_total") == 1
