@@ -276,6 +276,9 @@ async def test_a_softphone_call_never_replaces_a_phone_calls_session(gw: Running
     before = gw.tasks()
     async with LiveCall.open(ws_url(gw, "/webhook/twilio/stream"), phone_sid,
                              token=AUTH_TOKEN) as phone:
+        async with asyncio.timeout(5):
+            while phone_sid not in gw.gateway.calls:
+                await asyncio.sleep(0.01)
         phone_session = gw.gateway.calls[phone_sid]
         async with open_softphone(gw) as ws:
             page = Page(ws, phone_sid)
