@@ -43,13 +43,15 @@ START_TIMEOUT_SECONDS = 10.0  # Twilio sends `start` at once; a silent socket is
 POLICY_VIOLATION = 1008
 
 
-def session_config(settings: Settings, carried: Carried) -> SessionConfig:
+def session_config(settings: Settings, carried: Carried,
+                   answered_seconds_ago: float = 0.0) -> SessionConfig:
     """The session's view of the settings; the greeting depends on the time of the call, and a
     resumed stream opens with prompts.resume instead."""
     return SessionConfig(settings.language.code, settings.stt.endpoint_silence_ms,
                          greeting_text(settings), call=settings.call, vad=settings.vad,
                          prompts=settings.prompts, resumed=carried.resumes > 0,
-                         elapsed_seconds=carried.elapsed_seconds())
+                         elapsed_seconds=carried.elapsed_seconds(),
+                         answered_seconds_ago=answered_seconds_ago)
 
 
 SendText = Callable[[str], Awaitable[None]]
@@ -194,7 +196,9 @@ class _Stream:
         session = CallSession(
             call, self.send_text,
             stt=gateway.stt, tts=gateway.tts, bot=gateway.rasa, control=link.control,
-            config=session_config(gateway.settings, carried), events=link.events,
+            config=session_config(gateway.settings, carried,
+                                  security.answered_seconds_ago(call.custom_parameters)),
+            events=link.events,
         )
         self.session = session
         previous = gateway.calls.get(call.call_sid)

@@ -87,6 +87,17 @@ def check_stream(settings: Settings, call_sid: str, params: Mapping[str, str],
     return None
 
 
+def answered_seconds_ago(params: Mapping[str, str], at_ms: int | None = None) -> float:
+    """How long ago the TwiML that started this stream was answered, by its issued parameter; 0
+    (the stream's start, then) when it has none or the clocks disagree (negative, or older than
+    a stream token may be)."""
+    issued = integer(params.get(ISSUED_PARAMETER))
+    if issued is None:
+        return 0.0
+    age = ((now_ms() if at_ms is None else at_ms) - issued) / 1000
+    return age if 0 <= age <= STREAM_TOKEN_MAX_AGE_SECONDS else 0.0
+
+
 def refuse_stream(route: str, call_sid: str, reason: StreamRefusal) -> None:
     """Log and count a refused stream `start`, like a refused signature."""
     metrics.SIGNATURE_REJECTIONS.labels(route, reason).inc()

@@ -21,8 +21,8 @@ reply has played. Figures: what the caller observed (the simulator's end of spee
 energy detector, -> first reply audio received), and the gateway's own stages from its `turn`
 log lines (streaming/turns.py: endpointing, bot, synthesis, total); p50 / p95. Time to first
 greeting: `--greetings` calls (fast mode) from the voice webhook's answer to the first greeting
-audio on the socket, and the gateway's share of it (`start` -> first frame sent, from
-gateway_stream_greeting_seconds). Figures are printed, nothing is asserted; the machine's load
+audio on the socket, and the same as the gateway measures it (gateway_stream_greeting_seconds:
+from the stream's `issued` parameter, the webhook's answer, to the first frame sent). Figures are printed, nothing is asserted; the machine's load
 is printed first and last.
 """
 
@@ -69,7 +69,7 @@ class Figures:
     stages: dict[str, list[float]] = field(default_factory=dict)  # the gateway's, ms
     turns: int = 0
     greetings: list[float] = field(default_factory=list)  # webhook answered -> first audio
-    greeting_share: float | None = None  # the gateway's mean, start -> first frame sent
+    greeting_share: float | None = None  # the gateway's mean, webhook answer -> first frame sent
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -177,8 +177,8 @@ def report(all_figures: list[Figures], turns: int) -> None:
         share = "-" if f.greeting_share is None else f"{f.greeting_share * 1000:.1f} ms"
         spread = (f"p50 {percentile(f.greetings, 0.5):.3f}, p95 {percentile(f.greetings, 0.95):.3f}"
                   f", max {max(f.greetings):.3f}" if f.greetings else "none heard")
-        print(f"{f.setup:<12} {spread} ({len(f.greetings)} calls); the gateway's share "
-              f"(start -> first frame sent): mean {share}")
+        print(f"{f.setup:<12} {spread} ({len(f.greetings)} calls); as the gateway measures "
+              f"it (answer -> first frame sent): mean {share}")
 
 
 def machine(label: str) -> None:

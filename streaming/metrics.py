@@ -84,7 +84,8 @@ TURN_STAGES = {stage: _turn_stages.labels(stage)
                for stage in ("endpointing", "bot", "synthesis", "total")}
 GREETING_LATENCY = Histogram(
     f"{_PREFIX}greeting_seconds",
-    "The stream's start event to the greeting's first audio sent (the gateway's share of the "
-    "time to first greeting).",
+    "The webhook's answer with the stream's TwiML (its issued parameter) to the greeting's first "
+    "audio sent: the time to first greeting as the gateway sees it (from the stream's start event "
+    "when that is unknown or the clocks disagree).",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0),
 )

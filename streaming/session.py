@@ -115,7 +115,7 @@ class CallSession:
         self._closed = asyncio.Event()
         self._reprompts = 0
         self._frames = 0
-        self._started_at = 0.0  # monotonic time of start(): the greeting's wait starts here
+        self._started_at = 0.0  # monotonic time the call was answered: the greeting's wait
 
     @property
     def closed(self) -> bool:
@@ -141,7 +141,7 @@ class CallSession:
         """Open the recognizer, start the session's tasks; the greeting follows at once."""
         if self._tasks or self._closing:
             raise RuntimeError("session already started")
-        self._started_at = monotonic()
+        self._started_at = monotonic() - self.config.answered_seconds_ago
         self._recognition = Recognition(
             self._stt, self.config.language, self._log,
             lambda exc: self._spawn(self._degrade("stt", exc), "degrader"))

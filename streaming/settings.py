@@ -130,6 +130,9 @@ class SessionConfig:
     # How long the call had lasted when this stream began (its earlier streams), so that
     # call.max_duration_seconds counts the whole call.
     elapsed_seconds: float = 0.0
+    # How long before this stream's start the call was answered (the webhook's TwiML): the time
+    # to first greeting counts from there. 0: from the stream's start.
+    answered_seconds_ago: float = 0.0
     call: CallSettings = field(default_factory=CallSettings)
     vad: VadSettings = field(default_factory=VadSettings)
     prompts: PromptSettings = field(default_factory=PromptSettings)

@@ -97,7 +97,8 @@ class TurnTiming:
 
 @dataclass(slots=True)
 class GreetingTiming:
-    """From the stream's `start` to the greeting's first frame handed to the socket."""
+    """From the call's answer (SessionConfig.answered_seconds_ago) to the greeting's first frame
+    handed to the socket."""
 
     started: float
 

@@ -73,4 +73,4 @@ def test_latency_benchmark_reports_every_figure() -> None:
     assert "caller observed" in out and "endpointing" in out and "synthesis" in out
     for setup in ("null", "google"):  # one turn heard and timed by the gateway in each
         assert re.search(rf"^{setup} +1/1 +\d+\.\d\d / ", out, re.MULTILINE), out
-    assert out.count("(1 calls); the gateway's share") == 2, out
+    assert out.count("(1 calls); as the gateway measures it") == 2, out

@@ -303,6 +303,31 @@ async def test_without_signature_checks_a_start_needs_no_token() -> None:
             assert await closed_with(ws) == 1000
 
 
+def greeting_seconds() -> tuple[float, float]:
+    return (REGISTRY.get_sample_value("gateway_stream_greeting_seconds_sum") or 0.0,
+            REGISTRY.get_sample_value("gateway_stream_greeting_seconds_count") or 0.0)
+
+
+@pytest.mark.parametrize(("answered_ms_ago", "at_least"), [
+    (1500, 1.5),  # Twilio took 1.5 s to connect: the caller waited that too
+    (-3000, 0.0),  # the answering instance's clock is 3 s ahead: from the start event instead
+])
+async def test_the_time_to_first_greeting_counts_from_the_webhooks_answer(
+        gw: RunningGateway, answered_ms_ago: int, at_least: float) -> None:
+    twilio = answered(TwilioSide(call_sid="CA" + "3b" * 16), AUTH_TOKEN,
+                      issued_ms=time.time_ns() // 1_000_000 - answered_ms_ago)
+    (total, count) = greeting_seconds()
+    async with open_stream(gw) as ws:
+        await ws.send(twilio.connected())
+        await ws.send(twilio.start())
+        assert json.loads(await asyncio.wait_for(ws.recv(), 5))["event"] == "media"
+        await until(lambda: greeting_seconds()[1] == count + 1, what="the greeting timed")
+        await ws.send(twilio.stop())
+        assert await closed_with(ws) == 1000
+    assert greeting_seconds()[0] - total >= at_least
+    await until(lambda: not gw.gateway.calls, what="call unregistered")
+
+
 async def test_streams_racing_for_one_call_leave_one_session(gw: RunningGateway, caplog) -> None:
     """Three sockets start the same call at once: a session being replaced may itself be replaced
     before it started; whatever the order, one session is left and the other sockets close."""
