@@ -36,7 +36,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         metrics.create_known_series(
             statuses=[*sorted(webhooks.KNOWN_STATUSES), "other"],
             signed_paths=[twiml.VOICE_PATH, twiml.SPEECH_PATH, twiml.RESUME_PATH,
-                          twiml.FALLBACK_PATH, twiml.STATUS_PATH, twiml.STREAM_PATH])
+                          twiml.FALLBACK_PATH, twiml.STATUS_PATH, twiml.STREAM_PATH],
+            stream_path=twiml.STREAM_PATH)
         gateway = Gateway.build(settings)
         app.state.gateway = gateway
         await webhooks.on_startup(gateway)

@@ -22,8 +22,8 @@ energy detector, -> first reply audio received), and the gateway's own stages fr
 log lines (streaming/turns.py: endpointing, bot, synthesis, total); p50 / p95. Time to first
 greeting: `--greetings` calls (fast mode) from the voice webhook's answer to the first greeting
 audio on the socket, and the same as the gateway measures it (gateway_stream_greeting_seconds:
-from the stream's `issued` parameter, the webhook's answer, to the first frame sent). Figures are printed, nothing is asserted; the machine's load
-is printed first and last.
+from the stream's `issued` parameter, the webhook's answer, to the first frame sent). Figures
+are printed, nothing is asserted; the machine's load is printed first and last.
 """
 
 from __future__ import annotations

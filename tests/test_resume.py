@@ -165,7 +165,8 @@ async def test_a_call_goes_on_on_another_instance_after_kill_9_of_its_own() -> N
         assert result.outcome == "the caller hung up"
 
         # What the caller heard on each stream first: the greeting, then prompts.resume.
-        resume = await sentences("Disculpe, se ha cortado la comunicación.", "¿En qué estábamos?")
+        resume = await sentences("Disculpe, se ha cortado la comunicación.",
+                                 "¿En qué estábamos?")
         greeting = await sentences(
             f"{salutation(Settings())}, le atiende el asistente virtual de bloqueo de tarjetas.",
             "¿En qué puedo ayudarle?")
