@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = load_settings(args.config)
         if args.command == "prepare-model":
-            print(prepare_model(settings, always=True))
+            print(prepare_model(settings))
             return 0
         if args.port is not None or args.workers is not None:
             settings = settings.replace(
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
                     "workers": args.workers or settings.server.workers,
                 }
             )
-        prepare_model(settings)  # before any worker starts: a bad model is one line, not N
+        check_model(settings)  # before any worker starts: a bad model is one line, not N
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
@@ -59,12 +59,24 @@ def main(argv: list[str] | None = None) -> int:
     return run_server(settings, config_path=args.config)
 
 
-def prepare_model(settings: Settings, always: bool = False) -> str:
-    """Check (assembling it once) the Whisper model the gateway will load; its folder."""
+def prepare_model(settings: Settings) -> str:
+    """Assemble (once) and verify the Whisper model in its cache folder; the folder."""
+    return str(locate(settings.stt.whisper.model_dir, settings.stt.whisper.cache_dir))
+
+
+def check_model(settings: Settings) -> None:
+    """Verify and load the Whisper model the gateway will serve with, on the configured device
+    and compute type: a model that cannot load stops startup here, in one line, not with a
+    traceback in every worker. Raises ModelError."""
+    if settings.stt.engine != "whisper":
+        return
+    from streaming.stt import whisper as engine
+
     whisper = settings.stt.whisper
-    if settings.stt.engine != "whisper" and not always:
-        return ""
-    return str(locate(whisper.model_dir, whisper.cache_dir))
+    engine.load_model(whisper.model_dir, whisper.cache_dir, whisper.device, whisper.compute_type,
+                      whisper.cpu_threads, whisper.workers)
+    if settings.server.workers > 1:
+        engine.forget_models()  # each worker loads its own: the supervisor keeps none
 
 
 def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:

@@ -49,6 +49,7 @@ from streaming.settings import (
     Rule,
     VadSettings,
     at_least,
+    at_most,
     below,
     between,
 )
@@ -192,7 +193,11 @@ class WhisperSettings:
     beam_size: PositiveInt = 5
     cpu_threads: NonNegativeInt = 2
     workers: PositiveInt = 1
-    max_utterance_seconds: Annotated[float, at_least(2)] = 15.0
+    # Whisper's encoder hears 30 s at most: longer speech is cut and decoded in pieces.
+    max_utterance_seconds: Annotated[
+        float, at_least(2),
+        at_most(30, "the Whisper encoder hears 30 s: the rest of a longer utterance would be "
+                "dropped unheard")] = 15.0
     max_queue_seconds: PositiveFloat = 3.0
 
 

@@ -49,6 +49,11 @@ def below(high: float, what: str = "") -> Rule:
     return Rule(lambda value: value < high, f"must be under {what or high}")
 
 
+def at_most(high: float, why: str = "") -> Rule:
+    """`why`: what a larger value would do, when a bare number would not say."""
+    return Rule(lambda value: value <= high, f"must be at most {high}" + (f" ({why})" if why else ""))
+
+
 def multiple_of(step: int) -> Rule:
     return Rule(lambda value: value % step == 0, f"must be a multiple of {step}")
 

@@ -138,6 +138,9 @@ def test_bad_environment_value_names_the_key(environ: dict[str, str], key: str) 
         ("vad:\n  hangover_ms: 400\n", "now stt.endpoint_silence_ms"),
         ("stt:\n  whisper:\n    device: tpu\n", "stt.whisper.device"),
         ("stt:\n  whisper:\n    max_utterance_seconds: 1\n", "stt.whisper.max_utterance_seconds"),
+        # Whisper's encoder hears 30 s: the rest of a longer utterance would be dropped unheard.
+        ("stt:\n  whisper:\n    max_utterance_seconds: 31\n",
+         "stt.whisper.max_utterance_seconds: must be at most 30"),
         ("stt:\n  whisper:\n    workers: 0\n", "stt.whisper.workers"),
         # Unquoted, YAML reads the number as an integer and the + is lost.
         ("twilio:\n  fallback_phone_number: +34911234567\n", "twilio.fallback_phone_number"),

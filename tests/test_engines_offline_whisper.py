@@ -20,7 +20,7 @@ from app.config import Settings
 from app.engines import build_stt
 from audio import wav
 from streaming.ports import SpeechError, Transcript
-from streaming.stt.whisper import WhisperRecognitionStream, WhisperSpeechToText
+from streaming.stt.whisper import WhisperRecognitionStream, WhisperSpeechToText, token_budget
 
 FIXTURES = Path(__file__).parent / "fixtures"
 # fixture -> words its transcript must contain (compared without case, accents or punctuation)
@@ -192,3 +192,31 @@ async def test_a_closed_engine_refuses_new_calls(whisper_engine: WhisperSpeechTo
     await engine.aclose()
     with pytest.raises(SpeechError, match="closed"):
         engine.open("es-ES")
+
+
+def test_the_token_bound_leaves_room_for_the_prompt() -> None:
+    # Whisper's decoder holds 448 tokens, the prompt's included (CTranslate2 refuses more).
+    assert token_budget(seconds=2.0, prompt_tokens=5) == 20
+    assert token_budget(seconds=0.3, prompt_tokens=5) == 12
+    assert token_budget(seconds=30.0, prompt_tokens=5) == 300
+    assert token_budget(seconds=30.0, prompt_tokens=228) == 220
+    assert token_budget(seconds=30.0, prompt_tokens=100, max_length=300) == 200
+
+
+async def test_a_long_prompt_and_a_30_s_utterance_fit_the_decoder(
+    whisper_engine: WhisperSpeechToText,
+) -> None:
+    """Phrase hints long enough for faster-whisper's longest prompt (223 tokens of them) and an
+    utterance of the longest allowed length: 300 tokens for 30 s would overflow the decoder."""
+    hints = [f"tarjeta número {n}" for n in range(120)]
+    engine = build_stt(Settings().replace(stt={"phrase_hints": hints,
+                                               "whisper": {"max_utterance_seconds": 30}}))
+    assert isinstance(engine, WhisperSpeechToText)
+    try:
+        speech = audio("es_bloquear_tarjeta")
+        thirty_seconds = (speech * (240000 // len(speech) + 1))[:240000]
+        decoded = await asyncio.get_running_loop().run_in_executor(
+            engine.pool, engine.decode, thirty_seconds, "es")
+        assert decoded.text or decoded.rejected
+    finally:
+        await engine.aclose()

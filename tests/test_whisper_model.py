@@ -130,3 +130,42 @@ def test_a_damaged_package_is_named_and_nothing_half_written_stays(
     assert str(package / "data" / "half") in str(error.value)
     assert list((tmp_path / "cache").rglob("*")) == [whisper_model.model_folder(
         str(tmp_path / "cache"))]  # the folder, empty: no temporary file left behind
+
+
+def serve_with(config: Path, text: str) -> subprocess.CompletedProcess[str]:
+    """`python -m app serve --config` with `text` as the whole file (port 9: never reached)."""
+    config.write_text("server:\n  port: 9\n" + text, encoding="utf-8")
+    environ = {k: v for k, v in os.environ.items() if k not in {"PORT", "GATEWAY_CONFIG"}}
+    return subprocess.run([sys.executable, "-m", "app", "serve", "--config", str(config)],
+                          cwd=ROOT, env=environ, capture_output=True, text=True, timeout=120)
+
+
+def test_a_model_dir_that_is_not_a_whisper_model_stops_startup_in_one_line(
+    tmp_path: Path,
+) -> None:
+    folder = tmp_path / "not-a-model"
+    folder.mkdir()
+    (folder / "model.bin").write_bytes(b"\x00" * 64)
+    done = serve_with(tmp_path / "gateway.yaml",
+                      f"stt:\n  engine: whisper\n  whisper:\n    model_dir: {folder}\n")
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stdout + done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("model error: stt.whisper.model_dir "), lines
+    assert str(folder) in lines[0] and "CTranslate2 Whisper" in lines[0]
+
+
+def test_cuda_without_a_cuda_device_stops_startup_in_one_line(assembled: Path,
+                                                               tmp_path: Path) -> None:
+    import ctranslate2
+
+    if ctranslate2.get_cuda_device_count() > 0:
+        pytest.skip("this machine has a CUDA device")
+    done = serve_with(tmp_path / "gateway.yaml",
+                      f"stt:\n  engine: whisper\n  whisper:\n    cache_dir: {assembled.parent}\n"
+                      "    device: cuda\n")
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stdout + done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("model error: stt.whisper.device "), lines
+    assert "cpu" in lines[0]

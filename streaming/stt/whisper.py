@@ -15,8 +15,8 @@ pool would hold one more copy of the model per process and pickle every utteranc
 (CTranslate2's `num_workers`), each with `cpu_threads` threads.
 
 No invented words: a single temperature (no fallback loop: on a long spoken number it took
-13-18 s per utterance), no conditioning on earlier text, a bound of tokens per second of audio,
-and results dropped by their no-speech probability, average log-probability and compression
+13-18 s per utterance), no conditioning on earlier text, a bound of tokens per second of audio
+(within the 448 the decoder holds with its prompt), and results dropped by their no-speech probability, average log-probability and compression
 ratio, so silence, noise and music (Whisper's "Gracias por ver el vídeo") never reach Rasa.
 
 When the pool falls behind (an utterance waited more than `max_queue_seconds` before a worker
@@ -36,6 +36,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 
+import ctranslate2
 import numpy as np
 from faster_whisper import WhisperModel
 from prometheus_client import Histogram
@@ -55,6 +56,8 @@ MODEL_RATE = 16000
 # Spanish speech is ~3 words, ~6 tokens a second; numbers said digit by digit a few more.
 TOKENS_PER_SECOND = 10
 MIN_TOKENS = 12
+# Whisper's decoder holds this many tokens, the prompt's included (faster-whisper's own figure).
+MAX_LENGTH = 448
 # A result is dropped when any of these says it is not speech (Whisper's own defaults, but
 # each on its own: Whisper only skips when no-speech AND a low log-probability agree).
 MAX_NO_SPEECH_PROB = 0.6
@@ -79,15 +82,64 @@ class Decoded:
     confidence: float | None = None
 
 
+def token_budget(seconds: float, prompt_tokens: int, max_length: int = MAX_LENGTH) -> int:
+    """New tokens the decoder may write for `seconds` of audio: the bound per second of speech,
+    within what the model's length leaves after the prompt (CTranslate2 refuses more)."""
+    return min(max(MIN_TOKENS, math.ceil(seconds * TOKENS_PER_SECOND)), max_length - prompt_tokens)
+
+
+def prompt_length(model: WhisperModel, prompt: str | None) -> int:
+    """Tokens of the prompt faster-whisper builds around `prompt`: <|startofprev|> and the last
+    max_length // 2 - 1 tokens of the prompt, <|startoftranscript|><|lang|><|transcribe|>,
+    <|notimestamps|>."""
+    if not prompt:
+        return 4
+    tokens = model.hf_tokenizer.encode(" " + prompt.strip(), add_special_tokens=False).ids
+    return 1 + min(len(tokens), model.max_length // 2 - 1) + 4
+
+
+def load_model(model_dir: str = "", cache_dir: str = "", device: str = "cpu",
+               compute_type: str = "int8", cpu_threads: int = 2, workers: int = 1) -> WhisperModel:
+    """The model the `stt.whisper` settings name, loaded once per process. Raises ModelError
+    saying which setting is at fault and what to do: the command line checks it before any
+    worker starts (one line and exit code 2, not a traceback per worker)."""
+    folder = whisper_model.locate(model_dir, cache_dir)
+    return _load(str(folder), device, compute_type, cpu_threads, workers, bool(model_dir))
+
+
 @lru_cache(maxsize=2)
-def _load(folder: str, device: str, compute_type: str, cpu_threads: int,
-          workers: int) -> WhisperModel:
+def _load(folder: str, device: str, compute_type: str, cpu_threads: int, workers: int,
+          user_folder: bool) -> WhisperModel:
     """One model per process and configuration, whatever the number of engines built."""
     try:
         return WhisperModel(folder, device=device, compute_type=compute_type,
                             cpu_threads=cpu_threads, num_workers=workers, local_files_only=True)
-    except (RuntimeError, ValueError, OSError) as exc:
-        raise ModelError(f"Whisper model in {folder} could not be loaded: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - CTranslate2 and tokenizers raise several kinds
+        raise ModelError(_load_problem(exc, folder, device, compute_type, user_folder)) from None
+
+
+def forget_models() -> None:
+    """Drop the models loaded in this process (the supervisor checks, its workers serve)."""
+    _load.cache_clear()
+
+
+def _load_problem(exc: Exception, folder: str, device: str, compute_type: str,
+                  user_folder: bool) -> str:
+    """What went wrong loading the model, in the terms of the setting to change."""
+    reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    if device == "cuda" and ("cuda" in reason.lower() or ctranslate2.get_cuda_device_count() == 0):
+        return (f"stt.whisper.device is cuda, but CUDA cannot be used here ({reason}): set "
+                "stt.whisper.device to cpu (STT_WHISPER_DEVICE=cpu), or install the NVIDIA driver "
+                "and the CUDA libraries CTranslate2 needs")
+    if "compute type" in reason.lower():
+        return (f"stt.whisper.compute_type {compute_type} cannot be used on {device} ({reason}): "
+                "use int8 on cpu, float16 or int8_float16 on cuda")
+    if user_folder:
+        return (f"stt.whisper.model_dir {folder} is not a CTranslate2 Whisper model that loads "
+                f"({reason}): give a folder made by ct2-transformers-converter, or leave it "
+                "empty for the embedded base model")
+    return (f"the Whisper model in {folder} could not be loaded on {device} ({reason}): check "
+            f"stt.whisper.device and stt.whisper.compute_type, or delete {folder} and start again")
 
 
 class WhisperSpeechToText:
@@ -113,9 +165,7 @@ class WhisperSpeechToText:
     ) -> None:
         if workers < 1:
             raise ValueError("whisper: workers must be at least 1")
-        folder = whisper_model.locate(model_dir, cache_dir)
-        self.model_dir = folder
-        self.model = _load(str(folder), device, compute_type, cpu_threads, workers)
+        self.model = load_model(model_dir, cache_dir, device, compute_type, cpu_threads, workers)
         self.beam_size = beam_size
         self.max_utterance_ms = int(max_utterance_seconds * 1000)
         self.max_queue_seconds = max_queue_seconds
@@ -123,6 +173,7 @@ class WhisperSpeechToText:
         self.energy_threshold = energy_threshold
         # The phrase hints steer the decoder as a prompt (text it takes as what came before).
         self.prompt = ", ".join(hint.strip() for hint in phrase_hints if hint.strip()) or None
+        self.prompt_tokens = prompt_length(self.model, self.prompt)
         # The decoding pool every call's stream shares.
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix="whisper")
         logging.getLogger("faster_whisper").setLevel(logging.WARNING)  # a line per utterance
@@ -151,7 +202,7 @@ class WhisperSpeechToText:
             condition_on_previous_text=False,
             initial_prompt=self.prompt,
             without_timestamps=True,
-            max_new_tokens=max(MIN_TOKENS, math.ceil(seconds * TOKENS_PER_SECOND)),
+            max_new_tokens=token_budget(seconds, self.prompt_tokens, self.model.max_length),
             # Whisper's own skipping and fallback are off: the checks below decide, each alone.
             no_speech_threshold=None,
             log_prob_threshold=None,
