@@ -11,6 +11,7 @@ the worker means they are not silent. `TimeUp` comes once the call has lasted
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from time import monotonic
@@ -39,9 +40,17 @@ class TimeUp:
     """Queued when the call reaches call.max_duration_seconds."""
 
 
+# Transcript and VAD offsets of one speech end differ by frame rounding at most; two speech ends
+# are at least stt.endpoint_silence_ms apart.
+END_SLACK_MS = 40
+# Speech ends kept for transcripts still to come (a recognizer a decode or two behind).
+PENDING_ENDS = 8
+
+
 class CallerInputs:
     """The session's VAD tells when the caller's speech starts and ends, so a final transcript
-    knows where the caller stopped: the turn's wait starts there."""
+    knows where the caller stopped: the turn's wait starts there. The caller may speak again
+    before the transcript of what they said comes, so the ends wait in order for theirs."""
 
     def __init__(self, call: CallSettings, has_floor: Callable[[], bool]) -> None:
         self.digits = DigitCollector(call.dtmf_finish_key, call.dtmf_timeout_seconds,
@@ -51,27 +60,52 @@ class CallerInputs:
         self._queue: asyncio.Queue[Utterance | Silence | TimeUp] = asyncio.Queue()
         self._no_input = OneShotTimer(self._on_timer)
         self._time_up = OneShotTimer(lambda: self._queue.put_nowait(TimeUp()))
-        self._speech_end: float | None = None  # the latest speech's last loud frame (monotonic)
+        # (offset ms on the recognizer's timeline, monotonic time) of each speech's last loud
+        # frame the VAD ended and no transcript has answered yet, oldest first.
+        self._ends: deque[tuple[int, float]] = deque(maxlen=PENDING_ENDS)
+        self._onset_ms = 0  # where the VAD's current (or last) speech began
+        self._answered = False  # a final came for the current speech before the VAD ended it
 
     def silent(self) -> bool:
         """The caller has the floor and does nothing with it: the no-input condition."""
         return self._has_floor() and not self.digits.pending and self._queue.empty()
 
-    def speech_started(self) -> None:
-        self._speech_end = None
+    def speech_started(self, offset_ms: int) -> None:
+        self._onset_ms = offset_ms
+        self._answered = False
         self.disarm()
 
-    def speech_ended(self, at: float) -> None:
-        self._speech_end = at
+    def speech_ended(self, offset_ms: int, at: float) -> None:
+        """The VAD ended the caller's speech: its last loud frame was at `offset_ms`, `at`."""
+        if not self._answered:
+            self._ends.append((offset_ms, at))
         self.arm()
 
-    def speech(self, text: str, ended_at: float | None = None) -> None:
-        """A final transcript. `ended_at`: where its speech ended when the VAD has not ended it
-        yet; else the speech the VAD ended last, once (None when there was none)."""
+    def speech(self, text: str, end_ms: int | None = None,
+               in_speech_end: float | None = None) -> None:
+        """A final transcript whose speech ended at `end_ms` (None: the engine does not say).
+        `in_speech_end`: where the caller went quiet when the VAD has not ended their speech."""
         self.disarm()
-        if ended_at is None:
-            ended_at, self._speech_end = self._speech_end, None
-        self._queue.put_nowait(Utterance(text, "speech", monotonic(), ended_at))
+        self._queue.put_nowait(Utterance(text, "speech", monotonic(),
+                                         self.claim_end(end_ms, in_speech_end)))
+
+    def claim_end(self, end_ms: int | None, in_speech_end: float | None = None) -> float | None:
+        """When the speech a final transcript answers ended, taken off the pending ends with
+        those before it (speech no transcript came for). By the transcript's end offset when
+        the engine gives one, else the oldest pending end; the speech the VAD has not ended
+        yet when the transcript reaches into it (or nothing else is pending)."""
+        ends = self._ends
+        if in_speech_end is not None and (end_ms is None and not ends
+                                          or end_ms is not None and end_ms > self._onset_ms):
+            ends.clear()
+            self._answered = True
+            return in_speech_end
+        if end_ms is None:
+            return ends.popleft()[1] if ends else None
+        claimed = None
+        while ends and ends[0][0] <= end_ms + END_SLACK_MS:
+            claimed = ends.popleft()[1]
+        return claimed
 
     async def next(self) -> Utterance | Silence | TimeUp:
         return await self._queue.get()

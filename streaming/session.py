@@ -234,13 +234,16 @@ class CallSession:
         return (self._fed + len(self._pending)) // BYTES_PER_MS
 
     def _on_vad(self, event: VadEvent) -> None:
+        vad = self._vad
         if event is VadEvent.SPEECH_START:
-            self._inputs.speech_started()
+            self._inputs.speech_started(self._audio_ms() - vad.start_ms)
             return
         self._flush_audio()  # the recognizer gets the utterance's tail without waiting
         if self._recognition is not None:
             self._recognition.speech_ended()
-        self._inputs.speech_ended(monotonic() - self._vad.hangover_ms / 1000)  # last loud frame
+        hangover_ms = vad.hangover_ms  # the speech's last loud frame was this long ago
+        self._inputs.speech_ended(self._audio_ms() - hangover_ms,
+                                  monotonic() - hangover_ms / 1000)
 
     def _caller_has_floor(self) -> bool:
         """The caller is expected to talk: the bot neither thinks nor speaks, the call goes on,
@@ -277,14 +280,15 @@ class CallSession:
         if not self._active or self._ending:
             return
         player = self._player
+        vad = self._vad  # still in speech: the recognizer finalized within the VAD's hangover
+        in_speech_end = monotonic() - vad.quiet_ms / 1000 if vad.in_speech else None
         if player.playing or player.spoken_over(transcript.end_ms):
             # Short speech or our own echo, over a reply it did not interrupt.
+            self._inputs.claim_end(transcript.end_ms, in_speech_end)  # no turn waits on it
             logger.info("transcript of speech over a reply ignored",
                         extra={"event": "transcript_ignored", **self._log})
             return
-        vad = self._vad  # still in speech: the recognizer finalized within the VAD's hangover
-        self._inputs.speech(transcript.text,
-                            monotonic() - vad.quiet_ms / 1000 if vad.in_speech else None)
+        self._inputs.speech(transcript.text, transcript.end_ms, in_speech_end)
 
     async def _degrade(self, reason: Literal["stt", "tts"], exc: BaseException) -> None:
         """An engine failed: stop the conversation and move the call to the Gather path."""

@@ -1,7 +1,8 @@
 """How long the caller waited for each reply, stage by stage, and for the greeting.
 
 A turn starts where the caller's input ended: the last loud frame of their speech by the
-session's VAD, or their last key. Its stages are timed at their boundaries only, never per frame:
+session's VAD (matched to the transcript by its end offset, streaming/inputs.py), or their last
+key. Its stages are timed at their boundaries only, never per frame:
 
 - endpointing: the end of speech -> the final transcript (keys: the last key -> digits complete);
 - bot: the Rasa round trip;

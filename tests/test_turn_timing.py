@@ -95,6 +95,80 @@ async def test_each_speech_end_starts_one_turn_only() -> None:
         assert latencies(h)[1].endpointing_ms is None
 
 
+async def test_a_transcript_after_the_next_speech_ended_is_timed_from_its_own_speech() -> None:
+    """The caller speaks again before the first utterance's transcript comes: each transcript's
+    wait starts where its own speech ended (matched by its end offset), not at the latest end."""
+    async with CallHarness() as h:
+        h.audio(tone(500))
+        h.silence(HANGOVER_MS)  # the first speech ends: its last loud frame at 500 ms of audio
+        await asyncio.sleep(0.3)
+        h.audio(tone(500))
+        h.silence(HANGOVER_MS)  # the second ends 300 ms (wall) later, at 1600 ms of audio
+        h.recognition.say("primera", start_ms=0, end_ms=500)
+        h.recognition.say("segunda", start_ms=1100, end_ms=1600)
+        await h.wait(lambda: len(latencies(h)) == 2, timeout=10, what="both turns")
+        first, second = latencies(h)
+        assert first.endpointing_ms is not None and second.endpointing_ms is not None
+        assert first.endpointing_ms >= HANGOVER_MS + 300
+        # Heard within microseconds of each other: their waits differ by the ends' distance.
+        assert first.endpointing_ms - second.endpointing_ms >= 250
+
+
+async def test_transcripts_without_an_offset_take_the_oldest_speech_end() -> None:
+    async with CallHarness() as h:
+        h.audio(tone(500))
+        h.silence(HANGOVER_MS)
+        await asyncio.sleep(0.3)
+        h.audio(tone(500))
+        h.silence(HANGOVER_MS)
+        h.recognition.say("primera")
+        h.recognition.say("segunda")
+        await h.wait(lambda: len(latencies(h)) == 2, timeout=10, what="both turns")
+        first, second = latencies(h)
+        assert first.endpointing_ms is not None and second.endpointing_ms is not None
+        assert first.endpointing_ms >= HANGOVER_MS + 300
+        assert first.endpointing_ms - second.endpointing_ms >= 250
+
+
+async def test_a_speech_end_whose_transcript_never_came_is_superseded() -> None:
+    """A burst the recognizer gave nothing for, then speech and its transcript: the burst's end
+    is dropped with it, so a later transcript without new speech has no end of speech."""
+    async with CallHarness() as h:
+        h.audio(tone(500))
+        h.silence(HANGOVER_MS)  # noise: no transcript for it
+        h.audio(tone(500))
+        h.silence(HANGOVER_MS)
+        h.recognition.say("hola", start_ms=1100, end_ms=1600)
+        await h.wait(lambda: latencies(h), what="the first turn")
+        await h.play_out(1)
+        h.recognition.say("otra vez")
+        await h.wait(lambda: len(latencies(h)) == 2, what="the second turn")
+        assert latencies(h)[0].endpointing_ms is not None
+        assert latencies(h)[1].endpointing_ms is None
+
+
+async def test_a_final_within_the_hangover_of_new_speech_is_timed_from_that_speech() -> None:
+    """Earlier speech left an end with no transcript; the new speech's final comes within the
+    VAD's hangover: it answers the new speech, whose end the VAD reports while the bot thinks,
+    too late for any turn; the old end is superseded. Neither is left for a later final."""
+    async with CallHarness(bot=FakeBot(delay=0.3)) as h:
+        h.audio(tone(500))
+        h.silence(HANGOVER_MS)  # no transcript for it
+        await asyncio.sleep(0.3)
+        h.audio(tone(500))
+        h.silence(200)  # still speech for the VAD
+        h.recognition.say("hola", start_ms=1100, end_ms=1600)
+        await h.wait(lambda: h.bot.requests, what="the request")
+        h.silence(HANGOVER_MS)  # the VAD ends the speech the final already answered
+        await h.wait(lambda: latencies(h), what="the first turn")
+        [latency] = latencies(h)
+        assert latency.endpointing_ms is not None and latency.endpointing_ms >= 200
+        await h.play_out(1)
+        h.recognition.say("otra vez")
+        await h.wait(lambda: len(latencies(h)) == 2, what="the second turn")
+        assert latencies(h)[1].endpointing_ms is None
+
+
 async def test_digits_ended_by_the_pause_start_the_turn_at_the_last_key() -> None:
     async with CallHarness(config(call={"dtmf_timeout_seconds": 0.3})) as h:
         for digit in "12":
