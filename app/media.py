@@ -41,6 +41,7 @@ logger = logging.getLogger("app.media")
 LOGGED_REJECTIONS = 10  # per call; the rest are only counted, so garbage cannot flood the logs
 START_TIMEOUT_SECONDS = 10.0  # Twilio sends `start` at once; a silent socket is not kept open
 POLICY_VIOLATION = 1008
+MEDIA_POLL_MIN_SECONDS = 0.25  # the media-timeout watcher looks no more often than this
 
 
 def session_config(settings: Settings, carried: Carried,
@@ -218,19 +219,31 @@ class _Stream:
         """Close the socket once the session is done with the call, or once Twilio's frames
         stopped coming for call.media_timeout_seconds: the connection is gone though the socket
         has not noticed, and Twilio may have resumed the call on another instance already, so
-        the session stops at once rather than act on it (a reprompt, a transfer)."""
+        the session stops at once rather than act on it (a reprompt, a transfer).
+
+        The frame path only counts frames; the watcher notes when the count last moved and
+        looks every eighth of the timeout, so the stop is seen between 1 and 1.25 times the
+        timeout after the last frame (looking once per timeout: up to twice it)."""
         timeout = self.gateway.settings.call.media_timeout_seconds
-        seen = -1
+        poll = min(timeout, max(MEDIA_POLL_MIN_SECONDS, timeout / 8))
+        clock = asyncio.get_running_loop().time
+        seen, moved_at = session.frames, clock()
         while not session.finished.is_set():
-            if session.frames == seen and session.phase is not Phase.ENDING:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(poll):
+                    await session.finished.wait()
+            if session.finished.is_set():
+                break
+            now, frames = clock(), session.frames
+            if frames != seen or session.phase is Phase.ENDING:
+                seen, moved_at = frames, now
+            elif now - moved_at >= timeout:
                 metrics.MEDIA_TIMEOUTS.inc()
                 logger.warning("no media for %g s: the stream is gone", timeout, extra={
-                    "event": "media_stopped", "call_sid": session.call.call_sid})
+                    "event": "media_stopped", "call_sid": session.call.call_sid,
+                    "idle_seconds": round(now - moved_at, 3)})
                 await session.aclose()
                 break
-            seen = session.frames
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(session.finished.wait(), timeout)
         await self._close_socket(1000)
 
     async def send_text(self, text: str) -> None:

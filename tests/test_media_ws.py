@@ -381,3 +381,31 @@ async def test_a_stream_whose_media_stopped_is_closed_and_its_session_stops() ->
         assert (REGISTRY.get_sample_value("gateway_stream_media_timeouts_total")
                 == timeouts + 1)
         assert await asyncio.to_thread(quick.wait_settled, before) == []
+
+
+async def test_media_that_stopped_is_detected_within_a_quarter_more_than_the_timeout(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The watcher looks often enough that a stream whose frames stopped is closed between
+    call.media_timeout_seconds and 1.25 times it after its last frame, wherever the frames
+    stopped between two of its looks (here just after one, the worst case of looking once per
+    timeout: nearly twice the timeout). Generous bounds on what the watcher itself reports."""
+    caplog.set_level(logging.WARNING, logger="app.media")
+    timeout = 2.0
+    with running_gateway(stt={"engine": "null"}, tts={"engine": "null"},
+                         call={"media_timeout_seconds": timeout}) as quick:
+        twilio = TwilioSide(call_sid="CA" + "5e" * 16, stream_sid="MZ" + "2b" * 16)
+        async with open_stream(quick) as ws:
+            await ws.send(twilio.connected())
+            await ws.send(twilio.start())
+            await until(lambda: twilio.call_sid in quick.gateway.calls, what="call registered")
+            registered = time.monotonic()
+            while time.monotonic() - registered < timeout * 1.1:
+                await ws.send(twilio.media())
+                await asyncio.sleep(0.02)
+            last_frame = time.monotonic()
+            assert await closed_with(ws) == 1000
+            closed = time.monotonic()
+        assert closed - last_frame < timeout * 1.5  # looking once per timeout: ~1.9 x
+        [stopped] = [r for r in caplog.records if getattr(r, "event", "") == "media_stopped"]
+        assert timeout <= stopped.idle_seconds <= timeout * 1.25 + 0.1
