@@ -63,6 +63,11 @@ class Collector:
         return [t for t in self.items if t.is_final]
 
 
+def interim_since(collector: Collector, start_ms: int = 0) -> bool:
+    """An interim result arrived for audio from `start_ms` on: the stream may be cut."""
+    return any(not t.is_final and (t.start_ms or 0) >= start_ms for t in collector.items)
+
+
 def make_engine(address: str, **overrides: object) -> GoogleSpeechToText:
     options: dict[str, object] = dict(
         model="phone_call", use_enhanced=True, interim_results=True, phrase_hints=HINTS,
@@ -322,12 +327,12 @@ QUIET = b"\xff"  # mu-law silence: quiet frames for the fake's endpointer
 
 @contextlib.asynccontextmanager
 async def recognizing(
-    start_speech: SpeechFactory, *, early: bool = True, **script: Any
+    start_speech: SpeechFactory, *, early: bool = True, interim: bool = True, **script: Any
 ) -> AsyncIterator[tuple[FakeSpeechServer, GoogleRecognitionStream, Collector]]:
     """A fake that finalizes only like Google (its endpointer, a half-close), and a stream on
     it whose results are collected; closed (and the results ended) after the block."""
     speech = await start_speech(final_every=None, **script)
-    engine = make_engine(speech.address, early_finalization=early)
+    engine = make_engine(speech.address, early_finalization=early, interim_results=interim)
     stream = engine.open("es-ES")
     collector = Collector(stream)
     try:
@@ -345,11 +350,13 @@ async def test_the_end_of_speech_half_closes_the_stream_and_a_new_one_takes_over
         first = audio(6400) + QUIET * 3200  # 800 ms of speech, 400 ms quiet: no final of its own
         await feed_frames(stream, first)
         await eventually(lambda: bool(speech.streams) and len(speech.streams[0].audio) == 9600)
+        await eventually(lambda: interim_since(collector))
         stream.speech_ended()
         await eventually(lambda: len(collector.finals) == 1)
         await eventually(lambda: len(speech.streams) == 2)  # opened at the cut, before audio
         second = QUIET * 2400 + audio(4000) + QUIET * 3200
         await feed_frames(stream, second)
+        await eventually(lambda: interim_since(collector, 1200))
         stream.speech_ended()
         await eventually(lambda: len(collector.finals) == 2 and len(speech.streams) == 3)
 
@@ -358,6 +365,54 @@ async def test_the_end_of_speech_half_closes_the_stream_and_a_new_one_takes_over
     # Each stream got its utterance, byte for byte: nothing lost, nothing recognized twice.
     assert [bytes(s.audio) for s in speech.streams] == [first, second, b""]
     assert [s.final_causes for s in speech.streams] == [["half_close"], ["half_close"], []]
+
+
+def half_closes() -> float:
+    return REGISTRY.get_sample_value("stt_google_half_closes_total") or 0.0
+
+
+async def test_an_end_of_speech_google_heard_nothing_of_does_not_cut_the_stream(
+    start_speech: SpeechFactory,
+) -> None:
+    """A noise burst the VAD took for speech, with no interim result from Google: cutting there
+    would spend a stream on nothing. Speech with interims after it is still cut at its end."""
+    before = half_closes()
+    async with recognizing(start_speech, endpoint_ms=1500, interim_every=9600) as (
+            speech, stream, collector):
+        burst = audio(4800) + QUIET * 3200  # under interim_every: Google says nothing of it
+        await feed_frames(stream, burst)
+        await eventually(lambda: bool(speech.streams) and len(speech.streams[0].audio) == 8000)
+        stream.speech_ended()
+        await asyncio.sleep(0.2)
+        assert len(speech.streams) == 1 and half_closes() == before
+        words = audio(6400) + QUIET * 3200  # an interim at 9600 bytes of the stream's audio
+        await feed_frames(stream, words)
+        await eventually(lambda: interim_since(collector))
+        stream.speech_ended()
+        await eventually(lambda: len(collector.finals) == 1 and len(speech.streams) == 2)
+
+    assert half_closes() == before + 1
+    [final] = collector.finals
+    assert final.text == transcript_for(burst + words)
+    assert bytes(speech.streams[0].audio) == burst + words
+    assert speech.streams[0].final_causes == ["half_close"]
+
+
+async def test_without_interim_results_every_end_of_speech_cuts(
+    start_speech: SpeechFactory,
+) -> None:
+    """Interim results off: nothing tells speech from a burst before the final, so the end of
+    speech cuts as before."""
+    async with recognizing(start_speech, interim=False, endpoint_ms=1500,
+                           interim_every=9600) as (speech, stream, collector):
+        fed = audio(4800) + QUIET * 3200
+        await feed_frames(stream, fed)
+        await eventually(lambda: bool(speech.streams) and len(speech.streams[0].audio) == 8000)
+        stream.speech_ended()
+        await eventually(lambda: len(collector.finals) == 1 and len(speech.streams) == 2)
+
+    assert collector.finals[0].text == transcript_for(fed)
+    assert speech.streams[0].final_causes == ["half_close"]
 
 
 async def test_googles_own_final_still_counts_when_it_comes_first(
@@ -404,6 +459,7 @@ async def test_a_cut_stream_that_breaks_before_its_final_is_resent_once(
         fed = audio(6400) + QUIET * 3600
         await feed_frames(stream, fed)
         await eventually(lambda: bool(speech.streams) and len(speech.streams[0].audio) == 9600)
+        await eventually(lambda: interim_since(collector))
         stream.speech_ended()
         await eventually(lambda: len(collector.finals) == 1)
 

@@ -6,7 +6,9 @@ resends the audio no final has covered, never audio a final covered), or a cut.
 
 Cuts are early finalization. Google's own endpointer often waits a second or more after the
 caller stops; the session's VAD knows sooner (`stt.endpoint_silence_ms`) and says so with
-`speech_ended()`. The stream is then cut at the audio fed so far: the current Google stream gets
+`speech_ended()`. If Google has sent an interim result since the last cut (or interim results
+are off), the stream is then cut at the audio fed so far (a noise burst Google heard nothing in
+is not worth a stream): the current Google stream gets
 everything up to the cut, is half-closed (Google returns the final for the audio it has at once,
 then ends), and a new stream, opened at that moment, gets the audio from the cut on. Nothing is
 lost or sent twice, and the next utterance never waits for a connect. Google's own finals still
@@ -78,6 +80,9 @@ class _Leg:
 
     offset: int
     cut: int | None = None  # the last byte it gets: it is half-closed there
+    # Google has sent an interim result for the audio since the last cut (this stream's or the
+    # one it replaced): there is speech a cut would finalize.
+    interim: bool = False
     start: int = field(init=False)  # first byte no final of this stream has covered yet
     sent: int = field(init=False)  # timeline byte written up to
     healthy: bool = field(default=False, init=False)  # it has delivered a result
@@ -126,8 +131,10 @@ class GoogleRecognitionStream:
     def speech_ended(self) -> None:
         """The caller stopped (the session's VAD, once per utterance): cut the stream here."""
         leg = self._leg
-        if (not self._engine.early_finalization or self._closed or self._failed
-                or leg.cut is not None or self._fed <= leg.start):
+        engine = self._engine
+        if (not engine.early_finalization or self._closed or self._failed
+                or leg.cut is not None or self._fed <= leg.start
+                or engine.interim_results and not leg.interim):  # a burst Google heard nothing in
             return
         leg.cut = self._fed
         HALF_CLOSES.inc()
@@ -174,7 +181,8 @@ class GoogleRecognitionStream:
                     exc.reason, (self._fed - leg.start) // BYTES_PER_MS,
                     extra={"event": "stt_reconnect"},
                 )
-                self._leg = _Leg(leg.start, leg.cut)  # a cut meanwhile: the new one is cut too
+                # a cut meanwhile: the new one is cut too
+                self._leg = _Leg(leg.start, leg.cut, leg.interim)
                 continue
             except Exception as exc:
                 self._crashed(exc)
@@ -187,7 +195,7 @@ class GoogleRecognitionStream:
             STREAM_RESTARTS.labels("limit").inc()
             logger.info("Google recognition stream restarted before its time limit",
                         extra={"event": "stt_restart"})
-            self._leg = _Leg(leg.start, leg.cut)
+            self._leg = _Leg(leg.start, leg.cut, leg.interim)
 
     async def _current(self, leg: _Leg) -> int | None:
         """Run the stream new audio goes to until the restart deadline (None) or its cut (the
@@ -345,6 +353,7 @@ class GoogleRecognitionStream:
             if "result_end_time" in result:
                 end = min(leg.offset + result.result_end_time // _SAMPLE, sent_until)
             if not result.is_final:
+                leg.interim = True
                 interim.append(best.transcript)
                 interim_end = end
                 continue
