@@ -367,6 +367,31 @@ async def test_the_end_of_speech_half_closes_the_stream_and_a_new_one_takes_over
     assert [s.final_causes for s in speech.streams] == [["half_close"], ["half_close"], []]
 
 
+async def test_audio_fed_before_the_next_stream_connects_is_recognized_once(
+    start_speech: SpeechFactory,
+) -> None:
+    """The caller goes on at once after the cut: the next utterance's audio is fed in the same
+    loop pass as the end of speech, before the new Google stream can have connected. It goes
+    to the new stream only, whole: nothing lost, nothing sent to the cut stream as well."""
+    async with recognizing(start_speech, endpoint_ms=1500) as (speech, stream, collector):
+        first = audio(6400) + QUIET * 3200
+        await feed_frames(stream, first)
+        await eventually(lambda: bool(speech.streams) and len(speech.streams[0].audio) == 9600)
+        await eventually(lambda: interim_since(collector))
+        second = audio(4000) + QUIET * 3200
+        stream.speech_ended()
+        assert len(speech.streams) == 1  # no await since the cut: the next is not connected
+        await feed_frames(stream, second)
+        await eventually(lambda: interim_since(collector, 1200))
+        stream.speech_ended()
+        await eventually(lambda: len(collector.finals) == 2 and len(speech.streams) == 3)
+
+    assert [(t.text, t.start_ms, t.end_ms) for t in collector.finals] == [
+        (transcript_for(first), 0, 1200), (transcript_for(second), 1200, 2100)]
+    assert [bytes(s.audio) for s in speech.streams] == [first, second, b""]
+    assert [s.final_causes for s in speech.streams] == [["half_close"], ["half_close"], []]
+
+
 def half_closes() -> float:
     return REGISTRY.get_sample_value("stt_google_half_closes_total") or 0.0
 

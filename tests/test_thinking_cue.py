@@ -6,6 +6,9 @@ it off. Driven like tests/test_session.py (real session, protocol, VAD; in-test 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 from streaming.ports import BotMessage, Prompt
 from streaming.settings import SessionConfig
@@ -20,17 +23,38 @@ def slow_bot(delay: float, text: str = REPLY) -> FakeBot:
     return FakeBot(reply=lambda said: [BotMessage(text=text)], delay=delay)
 
 
+@dataclass
+class TellingBot(FakeBot):
+    """Rasa's stand-in that says when its answer is in (the session has it from then on)."""
+
+    answered: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def send(self, sender: str, message: str,
+                   metadata: Mapping[str, Any]) -> list[BotMessage]:
+        replies = await super().send(sender, message, metadata)
+        self.answered.set()
+        return replies
+
+
+async def settle() -> None:
+    """Let every task that can run, run: a few loop passes, no wall-clock time."""
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+
 def cue_config(after_ms: int = 100, **call: object) -> SessionConfig:
     return config(call={"thinking_after_ms": after_ms, "barge_in_min_speech_ms": 240, **call},
                   prompts={"thinking": CUE})
 
 
 async def test_a_slow_bot_gets_the_cue_once_and_the_reply_after_it() -> None:
-    async with CallHarness(cue_config(), bot=slow_bot(0.3)) as h:
+    bot = TellingBot(reply=lambda said: [BotMessage(text=REPLY)], delay=0.3)
+    async with CallHarness(cue_config(), bot=bot) as h:
         h.recognition.say("quiero bloquear mi tarjeta")
         await h.wait_marks(1)  # the cue, 100 ms into the bot's 300 ms
         assert h.tts.texts == [CUE]
-        await asyncio.sleep(0.4)  # the bot answered meanwhile; the cue is still "playing"
+        await asyncio.wait_for(bot.answered.wait(), 5)  # the cue is still "playing"
+        await settle()
         assert h.tts.texts == [CUE], "the reply waits for the cue to be heard"
         assert h.played_audio() == FakeTts.audio_for(CUE)  # whole 40 ms chunks: no padding
         h.echo_marks()  # the caller heard the cue
