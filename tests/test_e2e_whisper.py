@@ -82,6 +82,19 @@ async def test_noise_music_and_silence_reach_rasa_as_nothing(gw: RunningGateway)
     assert says(message, "favor"), message
 
 
+async def test_the_bots_own_echo_during_a_reply_is_no_turn(gw: RunningGateway) -> None:
+    """A speakerphone sends the bot's voice back quietly while the reply plays: it interrupts
+    nothing and reaches Rasa as nothing; the request after it does."""
+    result = await call(gw, Turn(audio=caller("es_bloquear_tarjeta")),
+                        Turn(audio=caller("es_echo"), when="bot_speaking"),
+                        Turn(audio=caller("silence") + caller("es_si_por_favor")))
+    messages = messages_of(gw, result)
+    assert len(messages) == 2, messages  # nothing between the two requests
+    assert says(messages[0], "bloquear") and says(messages[1], "favor"), messages
+    assert result.clears == []
+    assert result.protocol_errors == [] and result.close_code is None
+
+
 def test_the_cli_simulator_speaks_spanish_to_the_gateway(gw: RunningGateway) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "app", "simulate", "--url", gw.url, "--auth-token", AUTH_TOKEN,
