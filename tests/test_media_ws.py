@@ -398,7 +398,8 @@ async def test_media_that_stopped_is_detected_within_a_quarter_more_than_the_tim
     timeout = 2.0
     with running_gateway(stt={"engine": "null"}, tts={"engine": "null"},
                          call={"media_timeout_seconds": timeout}) as quick:
-        twilio = TwilioSide(call_sid="CA" + "5e" * 16, stream_sid="MZ" + "2b" * 16)
+        twilio = answered(TwilioSide(call_sid="CA" + "5e" * 16, stream_sid="MZ" + "2b" * 16),
+                          AUTH_TOKEN)
         async with open_stream(quick) as ws:
             await ws.send(twilio.connected())
             await ws.send(twilio.start())
