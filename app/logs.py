@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import IO, Any
 
 from app.config import Settings
+from streaming.redaction import redact_digits as redact_digits  # what a caller's input shows
 
 # Between two digits of a card number: up to three spaces (of any kind), commas, slashes, dashes
 # or dots followed by no digit ("4, 5, 3, 9", "4539  1488", "4539 - 1488", "4. 5. 3."); a plus or

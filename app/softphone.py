@@ -13,7 +13,8 @@ Four things differ, all here:
 - Endings: there is no phone leg to move. A transfer, a hang-up or the move to the Gather path
   is told to the page as a `call_ended` message; the page then stops the stream as Twilio would.
 - The timeline: the session's CallEvents become `timeline` messages. Card numbers in them are
-  masked as in the logs (`mask_card_numbers`), so a full PAN never reaches the page either.
+  masked as in any log line (`mask_card_numbers`), so a full PAN never reaches the page either
+  (the log's `caller said` lines show no digit at all: `redact_digits`).
 
 Only this endpoint sends those two non-Twilio messages. Off by default (server.softphone).
 """

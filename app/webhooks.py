@@ -20,6 +20,7 @@ from starlette.routing import BaseRoute, Route
 from app import __version__, metrics, security, twiml
 from app.config import startup_warnings
 from app.gateway import Gateway
+from app.logs import redact_digits
 from app.prompts import greeting_text
 from app.resume import Carried, integer
 from app.twiml import Urls
@@ -182,7 +183,7 @@ async def speech(request: Request, gateway: Gateway, form: Form) -> str:
 
     logger.info(
         "caller said: %s",
-        text if kind == "speech" else f"{len(text)} digits",  # keyed digits are card numbers
+        redact_digits(text) if kind == "speech" else f"{len(text)} digits",
         extra={"event": "gather_input", "input": kind, "confidence": form.get("Confidence"), **log},
     )
     metadata = turn_metadata(call_sid, form.get("From", ""), form.get("To", ""), CHANNEL, kind)

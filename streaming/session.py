@@ -33,6 +33,7 @@ from streaming.handover import Ending, hand_back
 from streaming.inputs import CallerInputs, TimeUp, Utterance
 from streaming.playback import FirstAudio, Outgoing, ReplyPlayer, split_sentences
 from streaming.recognition import Recognition
+from streaming.redaction import redact_digits
 from streaming.ports import (
     Bot,
     BotFailed,
@@ -338,7 +339,8 @@ class CallSession:
         self._reprompts = 0
         self._inputs.digits.expect(None)
         metrics.TURNS.inc()
-        shown = utterance.text if utterance.source == "speech" else f"{len(utterance.text)} digits"
+        shown = (redact_digits(utterance.text) if utterance.source == "speech"
+                 else f"{len(utterance.text)} digits")
         logger.info("caller said: %s", shown, extra={
             "event": "caller_input", **self._log, "input": utterance.source})
         self._events.emit(CallerInput(utterance.text, utterance.source))
