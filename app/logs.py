@@ -18,10 +18,14 @@ from app.config import Settings
 from streaming.redaction import redact_digits as redact_digits  # what a caller's input shows
 
 # Between two digits of a card number: up to three spaces (of any kind), commas, slashes, dashes
-# or dots followed by no digit ("4, 5, 3, 9", "4539  1488", "4539 - 1488", "4. 5. 3."); a plus or
-# a URL-encoded space (a query string); or a dot starting a group of 3-4 digits
-# ("4.539.148.803.436.467"). A dot between digits otherwise is a decimal point, no separator.
-_SEPARATOR = r"(?:(?:[\s,/-]|\.(?![0-9])){1,3}|\+|%20|\.(?=[0-9]{3,4}(?![0-9])))"
+# (a double dash, an en or em dash counts as one), underscores, semicolons, colons followed by a
+# space, or dots followed by no digit ("4, 5, 3, 9", "4539  1488", "4539 -- 1488", "4. 5. 3.");
+# the Spanish "and" ("0343 y 6467", or "e"); any of these with quotes around the groups
+# ('"4539", "1488"'); a plus or a URL-encoded space (a query string); or a dot starting a group of
+# 3-4 digits ("4.539.148.803.436.467"). A dot between digits otherwise is a decimal point, and a
+# colon between digits a clock time ("15:00:00"): no separator.
+_SEPARATOR = (r"""(?:["']?(?:(?:--|[\s,/_;\u2013\u2014-]|:(?=\s)|\.(?![0-9])){1,3}"""
+              r"""|,?\s{1,2}[ye]\s{1,2})["']?|\+|%20|\.(?=[0-9]{3,4}(?![0-9])))""")
 # 13 or more such digits (a card number keyed in with its expiry date is longer than 19). Not part
 # of a longer word (a CallSid's hex) and not the fraction of a decimal number (0.30000000000000004).
 PAN = re.compile(

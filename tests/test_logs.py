@@ -107,6 +107,18 @@ def test_card_numbers_are_masked_everywhere(log_output: io.StringIO, pan: str) -
         ("4539 ,1488 , 0343\t6467", "************6467"),
         ("378282246310005", "***********0005"),  # 15 digits (Amex)
         ("3782, 8224, 6310, 005", "***********0005"),
+        # Spanish "and" before the last group, and other separators recognizers write.
+        ("4539, 1488, 0343 y 6467", "************6467"),
+        ("4539 1488 0343 y 6467", "************6467"),
+        ("4539 1488 0343 e 6467.", "************6467."),
+        ("4539_1488_0343_6467", "************6467"),
+        ("4539; 1488; 0343; 6467", "************6467"),
+        ("4539: 1488: 0343: 6467", "************6467"),
+        ("4539\u20131488\u20130343\u20136467", "************6467"),  # en dash
+        ("4539 \u2014 1488 \u2014 0343 \u2014 6467", "************6467"),  # em dash
+        ("4539 -- 1488 -- 0343 -- 6467", "************6467"),
+        ('"4539", "1488", "0343", "6467"', '"************6467"'),
+        ("'4539' '1488' '0343' '6467'", "'************6467'"),
     ],
 )
 def test_other_ways_of_writing_card_numbers(written: str, masked: str) -> None:
@@ -135,6 +147,10 @@ def test_other_ways_of_writing_card_numbers(written: str, masked: str) -> None:
         "1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1, 2",  # 12 digits read one by one
         "4539 -- word -- 1488 0343 6467",  # a word breaks the run
         "4539 ,  1488 ,  0343 ,  6467",  # four separator characters: no longer one number
+        "4539 y 1488 y 0343",  # 12 digits
+        "1 y 2 y 3 y 4 y 5 y 6 y 7 y 8 y 9 y 0 y 1 y 2",
+        "4539 yo 1488 0343 6467",  # a word breaks the run
+        "4539 -- word -- 1488 0343 6467",
     ],
 )
 def test_ordinary_content_is_not_masked(ordinary: str) -> None:
@@ -171,7 +187,8 @@ def test_ordinary_numbers_are_not_masked(log_output: io.StringIO) -> None:
 @given(
     digits=st.text(alphabet="0123456789", min_size=13, max_size=19),
     separators=st.lists(
-        st.sampled_from(["", " ", "-", "\u00a0", "+", "%20", ", ", "  ", " - ", "/", ". "]),
+        st.sampled_from(["", " ", "-", "\u00a0", "+", "%20", ", ", "  ", " - ", "/", ". ", " y ",
+                         "_", "; ", " -- ", "\u2013", "\", \""]),
         min_size=18, max_size=18,
     ),
     before=st.sampled_from(["", "tarjeta ", "pan=", "(", '"']),
