@@ -1,8 +1,9 @@
 """JSON-lines logging with card numbers masked.
 
 Every record, ours or a library's (uvicorn included), goes through one formatter on the root
-logger. Masking runs on the whole formatted line, exception text included, so a card number (or
-the softphone's token in a URL) never reaches the log whatever logged it.
+logger. Masking runs on every string of the line before it is encoded as JSON (message, fields,
+exception text), so a card number (or the softphone's token in a URL) never reaches the log
+whatever logged it.
 """
 
 from __future__ import annotations
@@ -23,17 +24,19 @@ from streaming.redaction import redact_digits as redact_digits  # what a caller'
 # the Spanish "and" ("0343 y 6467", or "e"); any of these with quotes around the groups
 # ('"4539", "1488"'); a plus or a URL-encoded space (a query string); or a dot starting a group of
 # 3-4 digits ("4.539.148.803.436.467"). A dot between digits otherwise is a decimal point, and a
-# colon between digits a clock time ("15:00:00"): no separator.
-_SEPARATOR = (r"""(?:["']?(?:(?:--|[\s,/_;\u2013\u2014-]|:(?=\s)|\.(?![0-9])){1,3}"""
+# colon between digits a clock time ("15:00:00"): no separator. A tab or newline written escaped
+# (a repr's "\t") counts as the character, also before the first digit.
+_SEPARATOR = (r"""(?:["']?(?:(?:--|[\s,/_;\u2013\u2014-]|\\[nrt]|:(?=\s)|\.(?![0-9])){1,3}"""
               r"""|,?\s{1,2}[ye]\s{1,2})["']?|\+|%20|\.(?=[0-9]{3,4}(?![0-9])))""")
 # 13 or more such digits (a card number keyed in with its expiry date is longer than 19). Not part
 # of a longer word (a CallSid's hex) and not the fraction of a decimal number (0.30000000000000004).
 PAN = re.compile(
-    rf"(?<![0-9A-Za-z])(?<![0-9]\.)[0-9](?:{_SEPARATOR}?[0-9]){{12,}}(?![0-9A-Za-z])"
+    rf"(?:(?<![0-9A-Za-z])|(?<=\\[nrt]))(?<![0-9]\.)[0-9](?:{_SEPARATOR}?[0-9]){{12,}}"
+    r"(?![0-9A-Za-z])"
 )
 _NOT_DIGITS = re.compile(r"%20|[^0-9]")  # what is left of a card number: its digits
 # A token in a URL's query, as uvicorn's access log prints the softphone page's `?token=…`.
-_URL_TOKEN = re.compile(r"(?<=[?&]token=)[^&#\s\"\\]+")
+_URL_TOKEN = re.compile(r"(?<=[?&]token=)[^&#\s\"]+")
 
 FIELDS = (
     "timestamp",
@@ -91,26 +94,30 @@ class JsonFormatter(logging.Formatter):
         }
         for key, value in record.__dict__.items():
             if key not in _RESERVED and not key.startswith("_"):
-                entry[key] = _json_safe(value)
+                entry[key] = value
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         elif record.exc_text:
             entry["exception"] = record.exc_text
         if record.stack_info:
             entry["stack"] = self.formatStack(record.stack_info)
-        return mask_log_line(json.dumps(entry, ensure_ascii=False, default=str))
+        return json.dumps(_masked(entry), ensure_ascii=False, default=str)
 
 
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, bool) or value is None or isinstance(value, str):
+def _masked(value: Any) -> Any:
+    """`value` ready for JSON, every string in it masked before encoding: JSON would write a tab
+    or newline between two groups as a backslash and a letter, which no separator matches."""
+    if isinstance(value, bool) or value is None:
         return value
+    if isinstance(value, str):
+        return mask_log_line(value)
     if isinstance(value, (int, float)):
-        return str(value) if abs(value) >= _BIG else value
+        return mask_log_line(str(value)) if abs(value) >= _BIG else value
     if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
+        return {mask_log_line(str(k)): _masked(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return str(value)
+        return [_masked(v) for v in value]
+    return mask_log_line(str(value))
 
 
 class _GatewayHandler(logging.StreamHandler):  # type: ignore[type-arg]

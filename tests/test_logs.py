@@ -87,6 +87,25 @@ def test_card_numbers_are_masked_everywhere(log_output: io.StringIO, pan: str) -
     assert number["card"] == masked
 
 
+def test_tabs_and_newlines_between_groups_are_masked(log_output: io.StringIO) -> None:
+    """JSON escapes a tab or newline as two characters (backslash, t): values are masked before
+    they are encoded."""
+    logger = logging.getLogger("some.library")
+    logger.info("card %s", "4539\t1488\t0343\t6467",
+                extra={"card": "4539\n1488\n0343\n6467", "nested": {"pan": ["4539\r\n1488\r\n"
+                                                                        "0343\r\n6467"]}})
+    try:
+        raise ValueError("cannot block\n4539\n1488\n0343\n6467")
+    except ValueError:
+        logger.exception("failed")
+    said, failed = lines(log_output)
+    assert said["message"] == "card ************6467"
+    assert said["card"] == "************6467"
+    assert said["nested"] == {"pan": ["************6467"]}
+    assert "cannot block\n************6467" in str(failed["exception"])
+    assert "4539" not in log_output.getvalue()
+
+
 @pytest.mark.parametrize(
     ("written", "masked"),
     [
@@ -119,6 +138,8 @@ def test_card_numbers_are_masked_everywhere(log_output: io.StringIO, pan: str) -
         ("4539 -- 1488 -- 0343 -- 6467", "************6467"),
         ('"4539", "1488", "0343", "6467"', '"************6467"'),
         ("'4539' '1488' '0343' '6467'", "'************6467'"),
+        ("'4539\\t1488\\n0343\\r\\n6467'", "'************6467'"),  # a repr's escapes
+        ("'tarjeta:\\n4539\\t1488\\t0343\\t6467'", "'tarjeta:\\n************6467'"),
     ],
 )
 def test_other_ways_of_writing_card_numbers(written: str, masked: str) -> None:
