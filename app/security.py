@@ -8,7 +8,8 @@ and host: the URL checked is public_url + path + query (wss:// for the websocket
 The websocket upgrade is signed over its URL only, the same for every call: one captured upgrade
 signature would open a stream that names any live CallSid in its `start`. So the `<Stream>` our
 TwiML answers with carries, as `<Parameter>`s, the call's identity, what it carries from stream to
-stream (app/resume.py), when it was issued, and an HMAC over all of them (`stream_parameters`);
+stream (app/resume.py), when it was issued, and an HMAC over all of them, sorted by name
+(`stream_parameters`);
 `check_stream` verifies them on `start`. Only this process's auth token can make one, and one is
 good for STREAM_TOKEN_MAX_AGE_SECONDS: Twilio connects within seconds of the TwiML.
 """
@@ -19,6 +20,7 @@ import hashlib
 import hmac
 import json
 import logging
+import re
 import time
 from collections.abc import Mapping
 from typing import Any, Literal
@@ -46,8 +48,8 @@ ISSUED_PARAMETER = "issued"  # Unix ms when the TwiML was answered
 TOKEN_PARAMETER = "token"
 STREAM_TOKEN_MAX_AGE_SECONDS = 120.0  # Twilio opens the stream within seconds of our TwiML
 _CLOCK_SKEW_MS = 5_000  # an issued time this far ahead is still accepted (several instances)
-_SIGNED = ("callSid", "from", "to", "resumes", "started", ISSUED_PARAMETER)
-_KEY_LABEL = b"voice-gateway media stream token v1"
+_KEY_LABEL = b"voice-gateway media stream token v2"
+_TOKEN_SHAPE = re.compile(r"[0-9a-f]{64}")  # an HMAC-SHA256 hex digest
 StreamRefusal = Literal["stream_token_missing", "stream_token_invalid", "stream_token_expired"]
 
 
@@ -75,8 +77,8 @@ def check_stream(settings: Settings, call_sid: str, params: Mapping[str, str],
     token = params.get(TOKEN_PARAMETER, "")
     if not token or not settings.twilio.auth_token:
         return "stream_token_missing"
-    expected = _stream_token(settings.twilio.auth_token, params)
-    if params.get("callSid") != call_sid or not hmac.compare_digest(token, expected):
+    if (not _TOKEN_SHAPE.fullmatch(token) or params.get("callSid") != call_sid
+            or not hmac.compare_digest(token, _stream_token(settings.twilio.auth_token, params))):
         return "stream_token_invalid"
     issued = integer(params.get(ISSUED_PARAMETER))
     if issued is None:  # pragma: no cover - only our own TwiML makes a matching token
@@ -108,7 +110,9 @@ def refuse_stream(route: str, call_sid: str, reason: StreamRefusal) -> None:
 def _stream_token(auth_token: str, params: Mapping[str, str]) -> str:
     # A key of its own, derived from the auth token: the token itself signs Twilio's requests.
     key = hmac.new(auth_token.encode(), _KEY_LABEL, hashlib.sha256).digest()
-    signed = json.dumps([params.get(name, "") for name in _SIGNED], ensure_ascii=True)
+    # Every parameter but the token, whatever it is named: one added later is signed too.
+    signed = json.dumps(sorted([name, value] for name, value in params.items()
+                               if name != TOKEN_PARAMETER), ensure_ascii=True)
     return hmac.new(key, signed.encode(), hashlib.sha256).hexdigest()
 
 

@@ -161,3 +161,36 @@ def test_unreadable_body_is_a_client_error(gw: Running) -> None:
     too_many_fields = {f"f{i}": "x" for i in range(1001)}
     response = httpx.post(f"{gw.server.url}{VOICE}", data=too_many_fields)
     assert response.status_code == 400
+
+
+# Made by hand (hmac/hashlib, not app code) from the parameters below: a change of the token's
+# format breaks every call whose TwiML another instance answered during a rolling deploy.
+VECTOR = {"callSid": "CA" + "ab" * 16, "from": "+34600111222", "to": "+34910000000",
+          "resumes": "1", "started": "1764650000", "issued": "1764650000123"}
+VECTOR_TOKEN = "5a1759e89b4bc80f179022866df40beeffaf9f26e8656417dc8439ffcf30e345"
+
+
+def test_stream_token_test_vector() -> None:
+    identity = {k: v for k, v in VECTOR.items() if k != "issued"}
+    params = security.stream_parameters(TOKEN, identity, issued_ms=1764650000123)
+    assert params == {**VECTOR, "token": VECTOR_TOKEN}
+
+
+def test_every_carried_parameter_is_signed() -> None:
+    """A parameter the TwiML carries is signed whatever its name: changed, the token fails."""
+    settings = Settings().replace(twilio={"auth_token": TOKEN})
+    params = security.stream_parameters(TOKEN, {"callSid": VECTOR["callSid"], "lang": "es"})
+    assert security.check_stream(settings, VECTOR["callSid"], params) is None
+    tampered = {**params, "lang": "en"}
+    assert security.check_stream(settings, VECTOR["callSid"], tampered) == "stream_token_invalid"
+    added = {**params, "extra": "1"}
+    assert security.check_stream(settings, VECTOR["callSid"], added) == "stream_token_invalid"
+
+
+@pytest.mark.parametrize("token", ["ñ" * 64, "A" * 64, "ab", VECTOR_TOKEN + "0", "g" * 64])
+def test_a_malformed_stream_token_is_refused(token: str) -> None:
+    """Not 64 lowercase hex characters: refused as invalid (compare_digest would raise on
+    non-ASCII text)."""
+    settings = Settings().replace(twilio={"auth_token": TOKEN})
+    params = {**VECTOR, "token": token}
+    assert security.check_stream(settings, VECTOR["callSid"], params) == "stream_token_invalid"
