@@ -10,6 +10,7 @@ from app import metrics
 from app.config import Settings
 from app.prompts import spoken_prompts
 from app.resume import FailedHandovers
+from app.security import UsedStreamTokens
 from streaming.ports import SpeechToText, TextToSpeech
 from streaming.playback import split_sentences
 from streaming.tasks import cancel_and_wait
@@ -31,6 +32,8 @@ class Gateway:
     calls: dict[str, CallSession] = field(default_factory=dict)
     # Hand-overs Twilio refused in this process, for the resume webhook (app/resume.py).
     failed_handovers: FailedHandovers = field(default_factory=FailedHandovers)
+    # Stream tokens that opened a stream, shared by the instance's workers (app/security.py).
+    stream_tokens: UsedStreamTokens = field(default_factory=UsedStreamTokens.for_instance)
     draining: bool = False
     warming: asyncio.Task[int] | None = None
 

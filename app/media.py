@@ -109,9 +109,11 @@ class MediaStreamEndpoint:
 
     def vet(self, gateway: Gateway, call: CallInfo) -> CallInfo | None:
         """The call a `start` opens, or None when it is refused (logged and counted): the upgrade's
-        signature covers no CallSid, so the stream token our TwiML issued must name this one, and
-        be fresh (app/security.py). A replayed upgrade cannot take over a live call."""
-        reason = security.check_stream(gateway.settings, call.call_sid, call.custom_parameters)
+        signature covers no CallSid, so the stream token our TwiML issued must name this one, be
+        fresh and not have opened a stream before (app/security.py). A replayed upgrade cannot
+        take over a live call."""
+        reason = security.check_stream(gateway.settings, call.call_sid, call.custom_parameters,
+                                       gateway.stream_tokens)
         if reason is None:
             return call
         security.refuse_stream(STREAM_PATH, call.call_sid, reason)

@@ -118,8 +118,6 @@ CALL_MODES = ("stream", "gather")
 RESUME_OUTCOMES = ("stream", "gather", "handover", "expired", "exhausted")
 FALLBACK_REASONS = ("no_input", "rasa_error", "redirect")
 SIGNATURE_REASONS = ("no_auth_token", "missing", "invalid")
-# A media stream's start refused (app/security.py, StreamRefusal): on the stream path only.
-STREAM_TOKEN_REASONS = ("stream_token_missing", "stream_token_invalid", "stream_token_expired")
 RASA_ERROR_KINDS = ("connect", "timeout", "transport", "http_status", "invalid_json",
                     "invalid_reply")
 CALL_CONTROL_OPERATIONS = ("transfer", "hang_up", "redirect_to_gather")
@@ -128,10 +126,10 @@ CALL_CONTROL_OUTCOMES = ("ok", "rest_error", "timeout", "unreachable", "not_conf
 
 
 def create_known_series(statuses: Iterable[str], signed_paths: Iterable[str],
-                        stream_path: str) -> None:
+                        stream_path: str, stream_refusals: Iterable[str]) -> None:
     """Every known label combination at zero: the call statuses counted, the paths whose
-    signatures are checked and the media stream's path come from their owners (app/webhooks.py,
-    app/twiml.py)."""
+    signatures are checked, the media stream's path and why its start may be refused come from
+    their owners (app/webhooks.py, app/twiml.py, app/security.py)."""
     children: list[tuple[Counter | Histogram, tuple[str, ...]]] = [
         *((WEBHOOK_SECONDS, (route,)) for route in WEBHOOK_ROUTES),
         *((WEBHOOK_ERRORS, (route,)) for route in WEBHOOK_ROUTES),
@@ -140,7 +138,7 @@ def create_known_series(statuses: Iterable[str], signed_paths: Iterable[str],
         *((CALL_STATUS, (status,)) for status in statuses),
         *((SIGNATURE_REJECTIONS, (path, reason)) for path in signed_paths
           for reason in SIGNATURE_REASONS),
-        *((SIGNATURE_REJECTIONS, (stream_path, reason)) for reason in STREAM_TOKEN_REASONS),
+        *((SIGNATURE_REJECTIONS, (stream_path, reason)) for reason in stream_refusals),
         *((FALLBACKS, (reason,)) for reason in FALLBACK_REASONS),
         *((RASA_ERRORS, (kind,)) for kind in RASA_ERROR_KINDS),
         *((CALL_CONTROL_REQUESTS, (operation, outcome)) for operation in CALL_CONTROL_OPERATIONS

@@ -11,18 +11,24 @@ TwiML answers with carries, as `<Parameter>`s, the call's identity, what it carr
 stream (app/resume.py), when it was issued, and an HMAC over all of them, sorted by name
 (`stream_parameters`);
 `check_stream` verifies them on `start`. Only this process's auth token can make one, and one is
-good for STREAM_TOKEN_MAX_AGE_SECONDS: Twilio connects within seconds of the TwiML.
+good for STREAM_TOKEN_MAX_AGE_SECONDS (Twilio connects within seconds of the TwiML) and for one
+stream: a captured start cannot be sent again (UsedStreamTokens, shared by the workers).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
 import logging
+import os
 import re
+import shutil
+import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any, Literal
 
 from starlette.requests import HTTPConnection
@@ -42,15 +48,21 @@ _REASONS = {
     "stream_token_missing": "the stream's start has no token parameter (not our TwiML's stream)",
     "stream_token_invalid": "the stream's token does not match its CallSid and parameters",
     "stream_token_expired": "the stream's token is older than the freshness window (a replay?)",
+    "stream_token_replayed": "the stream's token already opened a stream (a replayed start)",
 }
 
 ISSUED_PARAMETER = "issued"  # Unix ms when the TwiML was answered
 TOKEN_PARAMETER = "token"
-STREAM_TOKEN_MAX_AGE_SECONDS = 120.0  # Twilio opens the stream within seconds of our TwiML
+STREAM_TOKEN_MAX_AGE_SECONDS = 30.0  # Twilio opens the stream within seconds of our TwiML
 _CLOCK_SKEW_MS = 5_000  # an issued time this far ahead is still accepted (several instances)
+# A used token is kept this long after its use: by then it fails the freshness check anyway.
+_KEEP_USED_SECONDS = STREAM_TOKEN_MAX_AGE_SECONDS + _CLOCK_SKEW_MS / 1000
+# The directory the workers of one `serve` run share their used tokens in (shared_used_tokens).
+USED_TOKENS_DIR = "VOICE_GATEWAY_USED_STREAM_TOKENS_DIR"
 _KEY_LABEL = b"voice-gateway media stream token v2"
 _TOKEN_SHAPE = re.compile(r"[0-9a-f]{64}")  # an HMAC-SHA256 hex digest
-StreamRefusal = Literal["stream_token_missing", "stream_token_invalid", "stream_token_expired"]
+StreamRefusal = Literal["stream_token_missing", "stream_token_invalid", "stream_token_expired",
+                        "stream_token_replayed"]
 
 
 def now_ms() -> int:
@@ -67,11 +79,76 @@ def stream_parameters(auth_token: str, identity: Mapping[str, str],
     return params
 
 
+class UsedStreamTokens:
+    """The stream tokens that opened a stream, kept while they could pass the freshness check: a
+    token opens one stream. The workers of an instance share them in one directory (`serve`
+    makes it per run, shared_used_tokens): a token is a file there, created with O_EXCL, which
+    succeeds in one process only. Without one (a single worker, tests), a dict in memory."""
+
+    def __init__(self, directory: str | os.PathLike[str] | None = None) -> None:
+        self._dir = Path(directory) if directory else None
+        self._used: dict[str, float] = {}  # token -> when it was used (Unix s)
+        self._pruned: float | None = None
+
+    @classmethod
+    def for_instance(cls) -> UsedStreamTokens:
+        """The instance's: the shared directory when `serve` runs several workers."""
+        return cls(os.environ.get(USED_TOKENS_DIR))
+
+    def first_use(self, token: str, at: float | None = None) -> bool:
+        """Record `token` (64 hex characters) as used; False when it already was."""
+        now = time.time() if at is None else at
+        if self._pruned is None or now - self._pruned >= _KEEP_USED_SECONDS:
+            self._prune(now)
+        if self._dir is None:
+            if token in self._used:
+                return False
+            self._used[token] = now
+            return True
+        path = self._dir / token
+        try:
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        except FileExistsError:
+            return False
+        os.utime(path, (now, now))  # when it was used, for the pruning
+        return True
+
+    def _prune(self, now: float) -> None:
+        """Forget the tokens used more than the window ago: once per window, not per stream."""
+        self._pruned = now
+        oldest = now - _KEEP_USED_SECONDS
+        if self._dir is None:
+            self._used = {token: at for token, at in self._used.items() if at > oldest}
+            return
+        for entry in os.scandir(self._dir):
+            with contextlib.suppress(FileNotFoundError):  # another worker pruned it first
+                if entry.stat().st_mtime <= oldest:
+                    os.unlink(entry.path)
+
+
+@contextlib.contextmanager
+def shared_used_tokens() -> Iterator[str]:
+    """A new, empty directory (under $TMPDIR) for the workers started inside to share their used
+    stream tokens, removed afterwards; like the metrics' (app/metrics.py), beside it."""
+    path = tempfile.mkdtemp(prefix="voice-gateway-stream-tokens-")
+    previous = os.environ.get(USED_TOKENS_DIR)
+    os.environ[USED_TOKENS_DIR] = path
+    try:
+        yield path
+    finally:
+        if previous is None:
+            del os.environ[USED_TOKENS_DIR]
+        else:
+            os.environ[USED_TOKENS_DIR] = previous
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def check_stream(settings: Settings, call_sid: str, params: Mapping[str, str],
-                 at_ms: int | None = None) -> StreamRefusal | None:
+                 used: UsedStreamTokens, at_ms: int | None = None) -> StreamRefusal | None:
     """Why a stream's `start` is refused, or None: its token was made by `stream_parameters` for
-    this very CallSid within the freshness window. With twilio.validate_signatures off nothing is
-    checked (development, like the signatures)."""
+    this very CallSid within the freshness window, and opened no stream before (`used` records
+    it). With twilio.validate_signatures off nothing is checked (development, like the
+    signatures)."""
     if not settings.twilio.validate_signatures:
         return None
     token = params.get(TOKEN_PARAMETER, "")
@@ -86,6 +163,8 @@ def check_stream(settings: Settings, call_sid: str, params: Mapping[str, str],
     age_ms = (now_ms() if at_ms is None else at_ms) - issued
     if not -_CLOCK_SKEW_MS <= age_ms <= STREAM_TOKEN_MAX_AGE_SECONDS * 1000:
         return "stream_token_expired"
+    if not used.first_use(token):
+        return "stream_token_replayed"
     return None
 
 

@@ -10,6 +10,7 @@ import os
 import signal
 import socket
 import time
+import typing
 from collections.abc import AsyncIterator
 from types import FrameType
 from typing import Any
@@ -18,7 +19,7 @@ import uvicorn
 from starlette.applications import Starlette
 from uvicorn.config import STARTUP_FAILURE
 
-from app import media, metrics, softphone, twiml, webhooks
+from app import media, metrics, security, softphone, twiml, webhooks
 from app.config import Settings, load_settings
 from app.gateway import Gateway
 from app.logs import configure_logging
@@ -37,7 +38,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
             statuses=[*sorted(webhooks.KNOWN_STATUSES), "other"],
             signed_paths=[twiml.VOICE_PATH, twiml.SPEECH_PATH, twiml.RESUME_PATH,
                           twiml.FALLBACK_PATH, twiml.STATUS_PATH, twiml.STREAM_PATH],
-            stream_path=twiml.STREAM_PATH)
+            stream_path=twiml.STREAM_PATH,
+            stream_refusals=typing.get_args(security.StreamRefusal))
         gateway = Gateway.build(settings)
         app.state.gateway = gateway
         await webhooks.on_startup(gateway)
@@ -141,12 +143,13 @@ def _run_worker(config: uvicorn.Config, drain_timeout: float, sockets: list[sock
 
 
 def _supervise(config: uvicorn.Config, drain_timeout: float) -> int:
-    """Workers share one listening socket and one metrics directory (app/metrics.py). Unlike
+    """Workers share one listening socket, one metrics directory (app/metrics.py) and one of
+    used stream tokens (app/security.py). Unlike
     uvicorn's supervisor, which expects workers gone soon after SIGTERM, this one forwards signals
     and waits out each worker's drain. A worker that dies on its own drains the others and fails
     the instance: the process manager restarts it."""
     sock = config.bind_socket()
-    with metrics.shared_between_workers() as path:
+    with metrics.shared_between_workers() as path, security.shared_used_tokens():
         logger.info("workers share their metrics in %s", path,
                     extra={"event": "metrics_shared", "path": path})
         code = _run_workers(config, drain_timeout, sock)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 
 import httpx
@@ -180,11 +181,13 @@ def test_every_carried_parameter_is_signed() -> None:
     """A parameter the TwiML carries is signed whatever its name: changed, the token fails."""
     settings = Settings().replace(twilio={"auth_token": TOKEN})
     params = security.stream_parameters(TOKEN, {"callSid": VECTOR["callSid"], "lang": "es"})
-    assert security.check_stream(settings, VECTOR["callSid"], params) is None
+    assert security.check_stream(settings, VECTOR["callSid"], params, security.UsedStreamTokens()) is None
     tampered = {**params, "lang": "en"}
-    assert security.check_stream(settings, VECTOR["callSid"], tampered) == "stream_token_invalid"
+    assert security.check_stream(settings, VECTOR["callSid"], tampered,
+                                 security.UsedStreamTokens()) == "stream_token_invalid"
     added = {**params, "extra": "1"}
-    assert security.check_stream(settings, VECTOR["callSid"], added) == "stream_token_invalid"
+    assert security.check_stream(settings, VECTOR["callSid"], added,
+                                 security.UsedStreamTokens()) == "stream_token_invalid"
 
 
 @pytest.mark.parametrize("token", ["ñ" * 64, "A" * 64, "ab", VECTOR_TOKEN + "0", "g" * 64])
@@ -193,4 +196,51 @@ def test_a_malformed_stream_token_is_refused(token: str) -> None:
     non-ASCII text)."""
     settings = Settings().replace(twilio={"auth_token": TOKEN})
     params = {**VECTOR, "token": token}
-    assert security.check_stream(settings, VECTOR["callSid"], params) == "stream_token_invalid"
+    assert security.check_stream(settings, VECTOR["callSid"], params, security.UsedStreamTokens()) == "stream_token_invalid"
+
+
+def test_a_stream_token_opens_one_stream() -> None:
+    settings = Settings().replace(twilio={"auth_token": TOKEN})
+    used = security.UsedStreamTokens()
+    params = security.stream_parameters(TOKEN, {"callSid": VECTOR["callSid"]})
+    assert security.check_stream(settings, VECTOR["callSid"], params, used) is None
+    assert security.check_stream(settings, VECTOR["callSid"], params, used) == (
+        "stream_token_replayed")
+    fresh = security.stream_parameters(TOKEN, {"callSid": VECTOR["callSid"], "resumes": "1"})
+    assert security.check_stream(settings, VECTOR["callSid"], fresh, used) is None  # a new TwiML
+
+
+def test_workers_share_the_used_tokens(tmp_path) -> None:
+    """Two workers of one instance (one directory, made per run by `serve`): the token is used
+    once over both."""
+    first, second = security.UsedStreamTokens(tmp_path), security.UsedStreamTokens(tmp_path)
+    assert first.first_use(VECTOR_TOKEN) is True
+    assert second.first_use(VECTOR_TOKEN) is False
+    assert first.first_use(VECTOR_TOKEN) is False
+    assert second.first_use("1" * 64) is True
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_used_tokens_are_forgotten_once_expired(tmp_path, shared: bool) -> None:
+    used = security.UsedStreamTokens(tmp_path if shared else None)
+    assert used.first_use(VECTOR_TOKEN, at=1000.0) is True
+    assert used.first_use(VECTOR_TOKEN, at=1034.0) is False  # 30 s window + 5 s clock skew
+    assert used.first_use("1" * 64, at=1036.0) is True  # prunes what is older than 35 s
+    assert used.first_use(VECTOR_TOKEN, at=1036.0) is True
+    if shared:
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["1" * 64, VECTOR_TOKEN]
+
+
+def test_serve_shares_a_used_tokens_directory() -> None:
+    with security.shared_used_tokens() as path:
+        assert os.environ[security.USED_TOKENS_DIR] == path and os.listdir(path) == []
+        security.UsedStreamTokens.for_instance().first_use(VECTOR_TOKEN)
+        assert os.listdir(path) == [VECTOR_TOKEN]
+    assert security.USED_TOKENS_DIR not in os.environ and not os.path.exists(path)
+
+
+def test_the_token_window_is_30_seconds() -> None:
+    settings = Settings().replace(twilio={"auth_token": TOKEN})
+    params = security.stream_parameters(TOKEN, {"callSid": VECTOR["callSid"]}, issued_ms=100_000)
+    assert security.check_stream(settings, VECTOR["callSid"], params, security.UsedStreamTokens(),
+                                 at_ms=131_000) == "stream_token_expired"

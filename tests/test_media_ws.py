@@ -247,6 +247,8 @@ def forged(call_sid: str, how: str) -> TwilioSide:
         answered(twilio, AUTH_TOKEN)
         twilio.custom_parameters = {**(twilio.custom_parameters or {}), "token": "0" * 64}
         return twilio
+    if how == "replayed":
+        return twilio  # its parameters are the live call's: the test copies them
     if how == "resumes_changed":  # the resume count and start bound by the token, lowered
         answered(twilio, AUTH_TOKEN, resumes=2)
         twilio.custom_parameters = {**(twilio.custom_parameters or {}), "resumes": "0",
@@ -262,6 +264,7 @@ def forged(call_sid: str, how: str) -> TwilioSide:
     ("wrong_token", "stream_token_invalid"),
     ("resumes_changed", "stream_token_invalid"),
     ("stale", "stream_token_expired"),
+    ("replayed", "stream_token_replayed"),
 ])
 async def test_a_signed_upgrade_cannot_take_over_a_live_call(gw: RunningGateway, caplog,
                                                              how: str, reason: str) -> None:
@@ -276,6 +279,8 @@ async def test_a_signed_upgrade_cannot_take_over_a_live_call(gw: RunningGateway,
         with caplog.at_level(logging.WARNING, logger="app.security"):
             async with open_stream(gw) as ws:  # a valid upgrade signature
                 attacker = forged(call_sid, how)
+                if how == "replayed":  # the live call's own start, captured and sent again
+                    attacker.custom_parameters = dict(live.twilio.custom_parameters or {})
                 await ws.send(attacker.connected())
                 await ws.send(attacker.start())
                 assert await closed_with(ws) == 1008
@@ -337,7 +342,9 @@ async def test_streams_racing_for_one_call_leave_one_session(gw: RunningGateway,
     before it started; whatever the order, one session is left and the other sockets close."""
     call_sid = "CA" + "8b" * 16
     before, replaced = gw.tasks(), sessions_replaced()
-    streams = [answered(TwilioSide(call_sid=call_sid, stream_sid=f"MZ{index:032x}"), AUTH_TOKEN)
+    now_ms = time.time_ns() // 1_000_000
+    streams = [answered(TwilioSide(call_sid=call_sid, stream_sid=f"MZ{index:032x}"), AUTH_TOKEN,
+                        issued_ms=now_ms - index)  # three TwiMLs (resumes): three tokens
                for index in range(3)]
     async with open_stream(gw) as a, open_stream(gw) as b, open_stream(gw) as c:
         sockets = [a, b, c]

@@ -192,6 +192,8 @@ async def test_a_fresh_gateway_exposes_every_known_series_at_zero() -> None:
          {"route": "/webhook/twilio/stream", "reason": "missing"}),
         ("gateway_signature_rejections_total",
          {"route": "/webhook/twilio/stream", "reason": "stream_token_expired"}),
+        ("gateway_signature_rejections_total",
+         {"route": "/webhook/twilio/stream", "reason": "stream_token_replayed"}),
         ("gateway_fallback_transfers_total", {"reason": "no_input"}),
         ("gateway_fallback_transfers_total", {"reason": "rasa_error"}),
         ("gateway_fallback_transfers_total", {"reason": "redirect"}),
