@@ -22,7 +22,6 @@ from tests.support.servers import ServerThread
 from tests.support.twilio_sign import call_params, signed_post
 
 RESUME = "/webhook/twilio/resume"
-STARTED = str(int(time.time()))  # the call began as this module's tests run
 
 
 @pytest.fixture(scope="module")
@@ -31,30 +30,36 @@ def gw(bot_server: tuple[RasaBot, ServerThread]) -> Iterator[Running]:
         yield running_gateway
 
 
+@pytest.fixture
+def started() -> str:
+    """The call began as this test runs: however long the suite has run, it is no older."""
+    return str(int(time.time()))
+
+
 def resumes(outcome: str) -> float:
     return REGISTRY.get_sample_value("gateway_resumes_total", {"outcome": outcome}) or 0.0
 
 
-def resume(gw: Running, resumes: int) -> ET.Element:
-    return gw.twiml(f"{RESUME}?resumes={resumes}&started={STARTED}")
+def resume(gw: Running, resumes: int, started: str) -> ET.Element:
+    return gw.twiml(f"{RESUME}?resumes={resumes}&started={started}")
 
 
 def test_a_dropped_stream_gets_a_new_one_that_carries_the_count_and_the_start(
-    gw: Running, bot: RasaBot, caplog: pytest.LogCaptureFixture
+    gw: Running, bot: RasaBot, caplog: pytest.LogCaptureFixture, started: str
 ) -> None:
     before = resumes("stream")
     with caplog.at_level(logging.INFO, logger="app.webhooks"):
-        root = resume(gw, 1)
+        root = resume(gw, 1, started)
     assert [child.tag for child in root] == ["Connect", "Redirect"]
     (stream,) = root[0]
     assert stream.attrib == {"url": "wss://voice.bank.example/webhook/twilio/stream"}
     parameters = {p.attrib["name"]: p.attrib["value"] for p in stream}
     issued, token = parameters.pop("issued"), parameters.pop("token")
     assert parameters == {"callSid": SID, "from": "+34600111222", "to": "+34910000000",
-                          "resumes": "2", "started": STARTED}
+                          "resumes": "2", "started": started}
     assert abs(int(issued) - time.time() * 1000) < 60_000  # Unix ms: when this was answered
     assert re.fullmatch(r"[0-9a-f]{64}", token)  # the HMAC binding them (tests/test_media_ws.py)
-    assert root[1].text == f"{PUBLIC}{RESUME}?resumes=2&started={STARTED}"
+    assert root[1].text == f"{PUBLIC}{RESUME}?resumes=2&started={started}"
     assert root.find(".//Say") is None  # the new session speaks prompts.resume itself
     assert bot.requests == []  # the conversation goes on in Rasa as it was
     assert resumes("stream") == before + 1
@@ -62,10 +67,10 @@ def test_a_dropped_stream_gets_a_new_one_that_carries_the_count_and_the_start(
     assert (record.call_sid, record.outcome, record.resumes) == (SID, "stream", 1)
 
 
-def test_after_max_resumes_the_caller_goes_to_the_agent(gw: Running) -> None:
+def test_after_max_resumes_the_caller_goes_to_the_agent(gw: Running, started: str) -> None:
     assert gw.settings.call.max_resumes == 2
     before = resumes("exhausted")
-    root = resume(gw, 2)
+    root = resume(gw, 2, started)
     assert [child.tag for child in root] == ["Say", "Dial"]
     assert root[0].text == gw.settings.prompts.transfer
     assert root[1].findtext("Number") == AGENT
@@ -97,19 +102,20 @@ def test_a_resume_just_within_the_longest_call_still_streams(gw: Running) -> Non
     assert [child.tag for child in root] == ["Connect", "Redirect"]
 
 
-def test_the_count_cannot_be_lowered_without_breaking_the_signature(gw: Running) -> None:
+def test_the_count_cannot_be_lowered_without_breaking_the_signature(gw: Running,
+                                                                   started: str) -> None:
     """Twilio signs the URL it requests, query included: a count changed on the way is refused."""
     response = signed_post(
-        gw.client, f"{gw.server.url}{RESUME}?resumes=0&started={STARTED}", call_params(SID),
-        signed_url=f"{PUBLIC}{RESUME}?resumes=2&started={STARTED}")
+        gw.client, f"{gw.server.url}{RESUME}?resumes=0&started={started}", call_params(SID),
+        signed_url=f"{PUBLIC}{RESUME}?resumes=2&started={started}")
     assert response.status_code == 403
 
 
-def test_a_draining_instance_resumes_on_the_gather_path(gw: Running) -> None:
+def test_a_draining_instance_resumes_on_the_gather_path(gw: Running, started: str) -> None:
     before = resumes("gather")
     gw.gateway.draining = True
     try:
-        root = resume(gw, 0)
+        root = resume(gw, 0, started)
     finally:
         gw.gateway.draining = False
     assert [child.tag for child in root] == ["Gather", "Redirect"]
@@ -124,11 +130,11 @@ def test_a_draining_instance_resumes_on_the_gather_path(gw: Running) -> None:
     (Handover("redirect_to_gather"), ["Gather", "Redirect"]),
 ])
 def test_a_hand_over_twilio_refused_here_is_carried_out_by_the_redirect(
-    gw: Running, handover: Handover, expected: list[str]
+    gw: Running, handover: Handover, expected: list[str], started: str
 ) -> None:
     before = resumes("handover")
     gw.gateway.failed_handovers.remember(SID, handover)
-    root = resume(gw, 0)
+    root = resume(gw, 0, started)
     assert [child.tag for child in root] == expected
     if handover.action == "transfer":
         assert root[1].findtext("Number") == "+34911000111"  # the number the bot asked for
@@ -136,10 +142,10 @@ def test_a_hand_over_twilio_refused_here_is_carried_out_by_the_redirect(
         assert [say.text for say in root[0]] == [gw.settings.prompts.degraded]
     assert resumes("handover") == before + 1
     # Taken: the same call dropping again later is resumed.
-    assert [child.tag for child in resume(gw, 0)] == ["Connect", "Redirect"]
+    assert [child.tag for child in resume(gw, 0, started)] == ["Connect", "Redirect"]
 
 
-def test_what_a_call_carries_survives_its_own_round_trip_and_bad_values() -> None:
+def test_what_a_call_carries_survives_its_own_round_trip_and_bad_values(started: str) -> None:
     carried = Carried(resumes=1, started=1767225600)
     assert Carried.read(carried.params()) == carried
     assert carried.resumed() == Carried(resumes=2, started=1767225600)
@@ -147,8 +153,8 @@ def test_what_a_call_carries_survives_its_own_round_trip_and_bad_values() -> Non
     for values in ({}, {"resumes": "x", "started": "soon"}):
         fresh = Carried.read(values)  # a stream from before resumes existed: a new call
         assert fresh.resumes == 0 and before <= fresh.started <= time.time()
-    assert Carried.read({"resumes": "-3", "started": STARTED}).resumes == 0
-    assert Carried.read({"resumes": "1000", "started": STARTED}).resumes == 100
+    assert Carried.read({"resumes": "-3", "started": started}).resumes == 0
+    assert Carried.read({"resumes": "1000", "started": started}).resumes == 100
     assert Carried(started=int(time.time()) + 60).elapsed_seconds() == 0.0  # a clock ahead
     assert Carried(started=int(time.time()) - 90).elapsed_seconds() >= 90
 
