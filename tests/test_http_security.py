@@ -171,6 +171,14 @@ VECTOR = {"callSid": "CA" + "ab" * 16, "from": "+34600111222", "to": "+349100000
 VECTOR_TOKEN = "5a1759e89b4bc80f179022866df40beeffaf9f26e8656417dc8439ffcf30e345"
 
 
+def check(params: dict[str, str], used: security.UsedStreamTokens | None = None,
+          at_ms: int | None = None) -> security.StreamRefusal | None:
+    """check_stream for VECTOR's CallSid, with signature checks on."""
+    return security.check_stream(Settings().replace(twilio={"auth_token": TOKEN}),
+                                 VECTOR["callSid"], params, used or security.UsedStreamTokens(),
+                                 at_ms)
+
+
 def test_stream_token_test_vector() -> None:
     identity = {k: v for k, v in VECTOR.items() if k != "issued"}
     params = security.stream_parameters(TOKEN, identity, issued_ms=1764650000123)
@@ -179,35 +187,29 @@ def test_stream_token_test_vector() -> None:
 
 def test_every_carried_parameter_is_signed() -> None:
     """A parameter the TwiML carries is signed whatever its name: changed, the token fails."""
-    settings = Settings().replace(twilio={"auth_token": TOKEN})
     params = security.stream_parameters(TOKEN, {"callSid": VECTOR["callSid"], "lang": "es"})
-    assert security.check_stream(settings, VECTOR["callSid"], params, security.UsedStreamTokens()) is None
+    assert check(params) is None
     tampered = {**params, "lang": "en"}
-    assert security.check_stream(settings, VECTOR["callSid"], tampered,
-                                 security.UsedStreamTokens()) == "stream_token_invalid"
+    assert check(tampered) == "stream_token_invalid"
     added = {**params, "extra": "1"}
-    assert security.check_stream(settings, VECTOR["callSid"], added,
-                                 security.UsedStreamTokens()) == "stream_token_invalid"
+    assert check(added) == "stream_token_invalid"
 
 
 @pytest.mark.parametrize("token", ["ñ" * 64, "A" * 64, "ab", VECTOR_TOKEN + "0", "g" * 64])
 def test_a_malformed_stream_token_is_refused(token: str) -> None:
     """Not 64 lowercase hex characters: refused as invalid (compare_digest would raise on
     non-ASCII text)."""
-    settings = Settings().replace(twilio={"auth_token": TOKEN})
     params = {**VECTOR, "token": token}
-    assert security.check_stream(settings, VECTOR["callSid"], params, security.UsedStreamTokens()) == "stream_token_invalid"
+    assert check(params) == "stream_token_invalid"
 
 
 def test_a_stream_token_opens_one_stream() -> None:
-    settings = Settings().replace(twilio={"auth_token": TOKEN})
     used = security.UsedStreamTokens()
     params = security.stream_parameters(TOKEN, {"callSid": VECTOR["callSid"]})
-    assert security.check_stream(settings, VECTOR["callSid"], params, used) is None
-    assert security.check_stream(settings, VECTOR["callSid"], params, used) == (
-        "stream_token_replayed")
+    assert check(params, used) is None
+    assert check(params, used) == "stream_token_replayed"
     fresh = security.stream_parameters(TOKEN, {"callSid": VECTOR["callSid"], "resumes": "1"})
-    assert security.check_stream(settings, VECTOR["callSid"], fresh, used) is None  # a new TwiML
+    assert check(fresh, used) is None  # a new TwiML
 
 
 def test_workers_share_the_used_tokens(tmp_path) -> None:
@@ -240,7 +242,6 @@ def test_serve_shares_a_used_tokens_directory() -> None:
 
 
 def test_the_token_window_is_30_seconds() -> None:
-    settings = Settings().replace(twilio={"auth_token": TOKEN})
     params = security.stream_parameters(TOKEN, {"callSid": VECTOR["callSid"]}, issued_ms=100_000)
-    assert security.check_stream(settings, VECTOR["callSid"], params, security.UsedStreamTokens(),
-                                 at_ms=131_000) == "stream_token_expired"
+    assert check(params, at_ms=130_000) is None
+    assert check(params, at_ms=130_001) == "stream_token_expired"
