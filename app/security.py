@@ -100,30 +100,35 @@ class UsedStreamTokens:
         now = time.time() if at is None else at
         if self._pruned is None or now - self._pruned >= _KEEP_USED_SECONDS:
             self._prune(now)
-        if self._dir is None:
-            if token in self._used:
+        if self._dir is not None:
+            path = self._dir / token
+            try:
+                os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+                os.utime(path, (now, now))  # when it was used, for the pruning
+                return True
+            except FileExistsError:
                 return False
-            self._used[token] = now
-            return True
-        path = self._dir / token
-        try:
-            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
-        except FileExistsError:
+            except OSError as exc:  # the directory gone or full: this worker's memory from now
+                self._dir = None
+                logger.warning("used stream tokens no longer shared with the other workers: %s",
+                               exc, extra={"event": "stream_tokens_unshared"})
+        if token in self._used:
             return False
-        os.utime(path, (now, now))  # when it was used, for the pruning
+        self._used[token] = now
         return True
 
     def _prune(self, now: float) -> None:
         """Forget the tokens used more than the window ago: once per window, not per stream."""
         self._pruned = now
         oldest = now - _KEEP_USED_SECONDS
+        self._used = {token: at for token, at in self._used.items() if at > oldest}
         if self._dir is None:
-            self._used = {token: at for token, at in self._used.items() if at > oldest}
             return
-        for entry in os.scandir(self._dir):
-            with contextlib.suppress(FileNotFoundError):  # another worker pruned it first
-                if entry.stat().st_mtime <= oldest:
-                    os.unlink(entry.path)
+        with contextlib.suppress(OSError):  # the directory gone: first_use says so
+            for entry in os.scandir(self._dir):
+                with contextlib.suppress(FileNotFoundError):  # another worker pruned it first
+                    if entry.stat().st_mtime <= oldest:
+                        os.unlink(entry.path)
 
 
 @contextlib.contextmanager

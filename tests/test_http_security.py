@@ -245,3 +245,11 @@ def test_the_token_window_is_30_seconds() -> None:
     params = security.stream_parameters(TOKEN, {"callSid": VECTOR["callSid"]}, issued_ms=100_000)
     assert check(params, at_ms=130_000) is None
     assert check(params, at_ms=130_001) == "stream_token_expired"
+
+
+def test_a_vanished_shared_directory_falls_back_to_memory(tmp_path, caplog) -> None:
+    used = security.UsedStreamTokens(tmp_path / "gone")
+    with caplog.at_level(logging.WARNING, logger="app.security"):
+        assert used.first_use(VECTOR_TOKEN) is True
+        assert used.first_use(VECTOR_TOKEN) is False
+    assert [r.event for r in caplog.records] == ["stream_tokens_unshared"]
