@@ -34,8 +34,10 @@ class RecognitionStream(Protocol):
     """A call's recognition. A stream may also have `speech_ended(self) -> None`: the session
     calls it once per utterance when its VAD has seen `stt.endpoint_silence_ms` of silence after
     speech (all audio up to there fed), and an engine that can finalize on demand does so then
-    instead of waiting for its own endpointer (streaming/stt/google_stream.py). Synchronous and
-    cheap, like `feed`; raising there degrades the call the same way."""
+    instead of waiting for its own endpointer (streaming/stt/google_stream.py). It may also have
+    `speech_started(self) -> None`, called once per utterance when the VAD hears speech begin
+    (such an engine drops a finalization it was still waiting to make). Synchronous and cheap,
+    like `feed`; raising there degrades the call the same way."""
 
     def feed(self, mulaw: bytes) -> None:
         """Queue 8 kHz mu-law audio; the engine's own task or worker picks it up. Cheap, never

@@ -32,6 +32,7 @@ class Recognition:
         self._feed = self.stream.feed if self.stream is not None else None
         # Optional (streaming.ports.RecognitionStream): engines that can finalize on demand.
         self._speech_ended = getattr(self.stream, "speech_ended", None)
+        self._speech_started = getattr(self.stream, "speech_started", None)
 
     def feed(self, audio: bytes) -> None:
         """One batch of audio (>= 100 ms: never a single 20 ms frame)."""
@@ -50,6 +51,15 @@ class Recognition:
             return
         try:
             self._speech_ended()
+        except Exception as exc:
+            self._broken(exc)
+
+    def speech_started(self) -> None:
+        """The session's VAD heard the caller begin to speak (once per utterance)."""
+        if self._speech_started is None or self._feed is None:
+            return
+        try:
+            self._speech_started()
         except Exception as exc:
             self._broken(exc)
 

@@ -238,6 +238,8 @@ class CallSession:
         vad = self._vad
         if event is VadEvent.SPEECH_START:
             self._inputs.speech_started(self._audio_ms() - vad.start_ms)
+            if self._recognition is not None:
+                self._recognition.speech_started()
             return
         self._flush_audio()  # the recognizer gets the utterance's tail without waiting
         if self._recognition is not None:

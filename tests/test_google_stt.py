@@ -264,7 +264,7 @@ async def test_restart_before_the_limit_carries_only_the_unfinalized_tail(
     assert [(t.start_ms, t.end_ms) for t in collector.finals] == [
         (i * 500, (i + 1) * 500) for i in range(20)
     ]
-    ends = [t.end_ms for t in collector.items]
+    ends = [t.end_ms for t in collector.finals]
     assert ends == sorted(ends)
 
     assert len(speech.streams) >= 3 and restarts("limit") >= before + 2
@@ -410,6 +410,7 @@ async def test_an_end_of_speech_google_heard_nothing_of_does_not_cut_the_stream(
         stream.speech_ended()
         await asyncio.sleep(0.2)
         assert len(speech.streams) == 1 and half_closes() == before
+        stream.speech_started()
         words = audio(6400) + QUIET * 3200  # an interim at 9600 bytes of the stream's audio
         await feed_frames(stream, words)
         await eventually(lambda: interim_since(collector))
@@ -440,21 +441,105 @@ async def test_without_interim_results_every_end_of_speech_cuts(
     assert speech.streams[0].final_causes == ["half_close"]
 
 
-async def test_googles_own_final_still_counts_when_it_comes_first(
+async def test_googles_own_final_still_counts_and_a_burst_after_it_is_not_cut(
     start_speech: SpeechFactory,
 ) -> None:
-    async with recognizing(start_speech, endpoint_ms=200) as (speech, stream, collector):
-        fed = audio(6400) + QUIET * 3200
+    """Google's endpointer finalizes before the VAD ends the speech: the end of speech finds
+    nothing Google heard since (no cut), and neither does a noise burst after it."""
+    before = half_closes()
+    async with recognizing(start_speech, endpoint_ms=200, interim_every=4800) as (
+            speech, stream, collector):
+        fed = audio(6400) + QUIET * 3200  # an interim at 4800 bytes, the final at 8000
         await feed_frames(stream, fed)
         await eventually(lambda: len(collector.finals) == 1)
-        stream.speech_ended()  # only quiet is left since Google's final: the half-close adds none
-        await eventually(lambda: len(speech.streams) == 2)  # the cut's new stream
-        await asyncio.sleep(0.1)
+        stream.speech_ended()  # only quiet is left since Google's final
+        stream.speech_started()
+        burst = audio(1600) + QUIET * 800  # 4000 bytes since the final: no interim
+        await feed_frames(stream, burst)
+        await eventually(lambda: sum(len(s.audio) for s in speech.streams) == 12000)
+        stream.speech_ended()
+        await asyncio.sleep(0.2)
+        assert len(speech.streams) == 1 and half_closes() == before
 
     assert [(t.text, t.start_ms, t.end_ms) for t in collector.finals] == [
         (transcript_for(fed[:8000]), 0, 1000)]
     assert speech.streams[0].final_causes == ["endpointer"]
-    assert bytes(speech.streams[0].audio) == fed
+    assert bytes(speech.streams[0].audio) == fed + burst
+
+
+async def test_an_interim_that_comes_after_the_end_of_speech_still_cuts(
+    start_speech: SpeechFactory,
+) -> None:
+    """A short answer: Google's first interim comes only after the VAD ended the speech. The
+    cut waits for it instead of being dropped (Google's endpointer would take 1.5 s)."""
+    before = half_closes()
+    async with recognizing(start_speech, endpoint_ms=1500, interim_every=9600) as (
+            speech, stream, collector):
+        short = audio(4800) + QUIET * 3200  # 600 ms of speech, 400 ms quiet: no interim yet
+        await feed_frames(stream, short)
+        await eventually(lambda: bool(speech.streams) and len(speech.streams[0].audio) == 8000)
+        stream.speech_ended()
+        await asyncio.sleep(0.1)
+        assert len(speech.streams) == 1 and half_closes() == before
+        await feed_frames(stream, QUIET * 1600)  # Google's interim, at 9600 bytes
+        await eventually(lambda: len(collector.finals) == 1 and len(speech.streams) == 2)
+
+    assert [(t.text, t.start_ms, t.end_ms) for t in collector.finals] == [
+        (transcript_for(short + QUIET * 1600), 0, 1200)]
+    assert speech.streams[0].final_causes == ["half_close"]
+    assert half_closes() == before + 1
+
+
+async def test_a_waiting_cut_is_dropped_when_the_caller_speaks_again(
+    start_speech: SpeechFactory,
+) -> None:
+    """The caller speaks again before Google's first interim: cutting then would split the new
+    speech, so the cut waits for the end of that speech."""
+    async with recognizing(start_speech, endpoint_ms=1500, interim_every=9600) as (
+            speech, stream, collector):
+        short = audio(4800) + QUIET * 3200
+        await feed_frames(stream, short)
+        await eventually(lambda: bool(speech.streams) and len(speech.streams[0].audio) == 8000)
+        stream.speech_ended()
+        stream.speech_started()
+        more = audio(3200)  # the interim comes at 9600 bytes, inside this speech
+        await feed_frames(stream, more)
+        await eventually(lambda: interim_since(collector))
+        await asyncio.sleep(0.1)
+        assert len(speech.streams) == 1 and collector.finals == []
+        tail = QUIET * 3200
+        await feed_frames(stream, tail)
+        await eventually(lambda: len(speech.streams[0].audio) == 14400)
+        stream.speech_ended()
+        await eventually(lambda: len(collector.finals) == 1 and len(speech.streams) == 2)
+
+    assert [(t.text, t.start_ms, t.end_ms) for t in collector.finals] == [
+        (transcript_for(short + more + tail), 0, 1800)]
+    assert speech.streams[0].final_causes == ["half_close"]
+
+
+async def test_a_googles_final_before_the_first_interim_makes_a_waiting_cut_moot(
+    start_speech: SpeechFactory,
+) -> None:
+    """Google finalized the speech itself while the cut waited for an interim: a later interim
+    (of audio after that final) does not cut."""
+    async with recognizing(start_speech, endpoint_ms=600, interim_every=9600) as (
+            speech, stream, collector):
+        fed = audio(4800) + QUIET * 3200  # 400 ms quiet: no final yet, no interim
+        await feed_frames(stream, fed)
+        await eventually(lambda: bool(speech.streams) and len(speech.streams[0].audio) == 8000)
+        stream.speech_ended()
+        fed += QUIET * 1600  # the endpointer's final at 9600 bytes
+        await feed_frames(stream, QUIET * 1600)
+        await eventually(lambda: len(collector.finals) == 1)
+        await feed_frames(stream, QUIET * 9600)  # an interim at 19200 bytes, after the final
+        await eventually(lambda: interim_since(collector, 1200))
+        await asyncio.sleep(0.2)
+        assert len(speech.streams) == 1
+
+    assert [(t.text, t.start_ms, t.end_ms) for t in collector.finals] == [
+        (transcript_for(fed), 0, 1200)]
+    assert speech.streams[0].final_causes == ["endpointer"]
 
 
 async def test_without_early_finalization_googles_endpointer_decides(
@@ -494,3 +579,27 @@ async def test_a_cut_stream_that_breaks_before_its_final_is_resent_once(
     assert bytes(resent.audio) == fed and resent.final_causes == ["half_close"]
     assert collector.error is None
     assert restarts("error") == before + 1
+
+
+async def test_a_cut_streams_late_final_ends_within_its_own_speech(
+    start_speech: SpeechFactory,
+) -> None:
+    """The caller speaks again at once and the next stream's interims arrive before the cut
+    stream's final: that final still ends where its own speech did (1200 ms), not inside the
+    next speech, so the turn it answers is timed from its own end."""
+    async with recognizing(start_speech, endpoint_ms=1500) as (speech, stream, collector):
+        gate = speech.half_close_gate(0)
+        first = audio(6400) + QUIET * 3200
+        await feed_frames(stream, first)
+        await eventually(lambda: bool(speech.streams) and len(speech.streams[0].audio) == 9600)
+        await eventually(lambda: interim_since(collector))
+        stream.speech_ended()
+        stream.speech_started()
+        await feed_frames(stream, audio(4000))  # its interims at 1400 ms and 1600 ms
+        await eventually(lambda: interim_since(collector, 1200))
+        assert collector.finals == []
+        gate.set()
+        await eventually(lambda: len(collector.finals) == 1)
+
+    assert [(t.text, t.start_ms, t.end_ms) for t in collector.finals] == [
+        (transcript_for(first), 0, 1200)]

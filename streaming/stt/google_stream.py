@@ -6,10 +6,12 @@ resends the audio no final has covered, never audio a final covered), or a cut.
 
 Cuts are early finalization. Google's own endpointer often waits a second or more after the
 caller stops; the session's VAD knows sooner (`stt.endpoint_silence_ms`) and says so with
-`speech_ended()`. If Google has sent an interim result since the last cut (or interim results
-are off), the stream is then cut at the audio fed so far (a noise burst Google heard nothing in
-is not worth a stream): the current Google stream gets
-everything up to the cut, is half-closed (Google returns the final for the audio it has at once,
+`speech_ended()`. If Google has sent an interim result since the last cut or final (or interim
+results are off), the stream is then cut at the audio fed so far. Otherwise the cut waits for
+Google's first interim (Google's interims may lag a short answer) and is made then, at the audio
+sent so far; it is dropped when the caller speaks again first (`speech_started()`) or when
+Google's own final comes first, so a noise burst Google hears nothing in costs no stream. At a
+cut, the current Google stream gets everything up to the cut, is half-closed (Google returns the final for the audio it has at once,
 then ends), and a new stream, opened at that moment, gets the audio from the cut on. Nothing is
 lost or sent twice, and the next utterance never waits for a connect. Google's own finals still
 count when they come first; a half-closed stream that breaks before its end is replaced by one that
@@ -80,8 +82,8 @@ class _Leg:
 
     offset: int
     cut: int | None = None  # the last byte it gets: it is half-closed there
-    # Google has sent an interim result for the audio since the last cut (this stream's or the
-    # one it replaced): there is speech a cut would finalize.
+    # Google has sent an interim result since the last cut or final (this stream's or the one
+    # it replaced's): there is speech a cut would finalize.
     interim: bool = False
     start: int = field(init=False)  # first byte no final of this stream has covered yet
     sent: int = field(init=False)  # timeline byte written up to
@@ -108,7 +110,10 @@ class GoogleRecognitionStream:
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         self._failed = False
-        self._last_end_ms = 0
+        self._last_final_ms = 0  # finals' ends never go backwards (a reconnect resends audio)
+        # The audio fed when the caller stopped while Google had sent no interim yet: the cut to
+        # make at the first interim.
+        self._pending_cut: int | None = None
         self._max_carry = int(engine.max_carry_seconds * 1000) * BYTES_PER_MS
         # The carry is at most max_carry + 10 s (see _limit_carry); anything more is unsent.
         self._max_audio = self._max_carry + 10 * 1000 * BYTES_PER_MS + MAX_BEHIND_BYTES
@@ -129,14 +134,26 @@ class GoogleRecognitionStream:
         self._ensure_started()
 
     def speech_ended(self) -> None:
-        """The caller stopped (the session's VAD, once per utterance): cut the stream here."""
+        """The caller stopped (the session's VAD, once per utterance): cut the stream here, or
+        at Google's first interim when it has sent none yet (a burst, or Google lags)."""
         leg = self._leg
         engine = self._engine
         if (not engine.early_finalization or self._closed or self._failed
-                or leg.cut is not None or self._fed <= leg.start
-                or engine.interim_results and not leg.interim):  # a burst Google heard nothing in
+                or leg.cut is not None or self._fed <= leg.start):
             return
-        leg.cut = self._fed
+        if engine.interim_results and not leg.interim:
+            self._pending_cut = self._fed
+            return
+        self._cut_at(self._fed)
+
+    def speech_started(self) -> None:
+        """The caller speaks again (the session's VAD): a cut still waiting for Google's first
+        interim would split the new speech, so it is dropped."""
+        self._pending_cut = None
+
+    def _cut_at(self, at: int) -> None:
+        self._pending_cut = None
+        self._leg.cut = at
         HALF_CLOSES.inc()
         self._more.set()  # its writer sends the rest and half-closes
         self._cut.set()
@@ -357,6 +374,9 @@ class GoogleRecognitionStream:
                 interim.append(best.transcript)
                 interim_end = end
                 continue
+            leg.interim = False  # Google finalized what it heard: nothing left for a cut
+            if leg is self._leg:
+                self._pending_cut = None
             start_ms = leg.start // BYTES_PER_MS
             if end > leg.start:
                 leg.start = end  # finalized audio is never sent again
@@ -365,11 +385,17 @@ class GoogleRecognitionStream:
         if interim:
             text = "".join(interim).strip()
             self._emit(text, False, None, leg.start // BYTES_PER_MS, interim_end)
+        pending = self._pending_cut
+        if pending is not None and leg.interim and leg is self._leg and leg.cut is None:
+            self._cut_at(max(pending, leg.sent))  # what it was sent already it keeps
 
     def _emit(
         self, text: str, is_final: bool, confidence: float | None, start_ms: int, end: int
     ) -> None:
-        self._last_end_ms = max(self._last_end_ms, end // BYTES_PER_MS)
+        """A final ends where its own stream's result ended (never before an earlier final's end);
+        interims from another stream, on audio after it, say nothing about where it ended."""
+        end_ms = end // BYTES_PER_MS
+        if is_final:
+            end_ms = self._last_final_ms = max(self._last_final_ms, end_ms)
         if text:
-            self._transcripts.put(Transcript(text, is_final, confidence, start_ms,
-                                             self._last_end_ms))
+            self._transcripts.put(Transcript(text, is_final, confidence, start_ms, end_ms))

@@ -93,7 +93,8 @@ class FakeSpeechServer(_LocalServer):
       final; then the stream ends normally;
     - every `final_every` bytes since the previous final, whatever they hold (None: never).
     An interim result every `interim_every` bytes. `fail_after[i] = k` aborts stream `i`
-    (0-based) with `fail_code` once it has received `k` audio requests.
+    (0-based) with `fail_code` once it has received `k` audio requests. `half_close_gate(i)`
+    holds stream `i`'s half-close final until the event is set (Google finalizing slowly).
     """
 
     def __init__(
@@ -115,6 +116,15 @@ class FakeSpeechServer(_LocalServer):
         self.fail_after = dict(fail_after or {})
         self.fail_code = fail_code
         self.streams: list[RecordedStream] = []
+        self.half_close_gates: dict[int, asyncio.Event] = {}
+
+    def half_close_gate(self, index: int) -> asyncio.Event:
+        return self.half_close_gates.setdefault(index, asyncio.Event())
+
+    async def stop(self) -> None:
+        for gate in self.half_close_gates.values():  # finals still held back are released first
+            gate.set()
+        await super().stop()
 
     def _handler(self) -> grpc.GenericRpcHandler:
         return grpc.method_handlers_generic_handler(
@@ -176,6 +186,8 @@ class FakeSpeechServer(_LocalServer):
                 interims += 1
                 yield self._response(f"partial {interims}", final_at + pending, is_final=False)
         if speech:
+            if index in self.half_close_gates:
+                await self.half_close_gates[index].wait()
             yield final(len(stream.audio), "half_close")
 
     def _response(self, text: str, end_bytes: int, *, is_final: bool) -> StreamingRecognizeResponse:
