@@ -8,6 +8,7 @@ import asyncio
 import sys
 
 from app.config import ConfigError, Settings, load_settings
+from streaming.stt import whisper_model
 from streaming.stt.whisper_model import ModelError, locate
 
 
@@ -67,16 +68,29 @@ def prepare_model(settings: Settings) -> str:
 def check_model(settings: Settings) -> None:
     """Verify and load the Whisper model the gateway will serve with, on the configured device
     and compute type: a model that cannot load stops startup here, in one line, not with a
-    traceback in every worker. Raises ModelError."""
+    traceback in every worker. One worker serves with the model loaded here; spawned workers
+    load their own, so then the load is tried in a short-lived child process and the supervisor
+    keeps neither a model nor a CUDA context. Raises ModelError."""
     if settings.stt.engine != "whisper":
         return
-    from streaming.stt import whisper as engine
-
     whisper = settings.stt.whisper
-    engine.load_model(whisper.model_dir, whisper.cache_dir, whisper.device, whisper.compute_type,
-                      whisper.cpu_threads, whisper.workers)
-    if settings.server.workers > 1:
-        engine.forget_models()  # each worker loads its own: the supervisor keeps none
+    options = (whisper.model_dir, whisper.cache_dir, whisper.device, whisper.compute_type,
+               whisper.cpu_threads, whisper.workers)
+    if settings.server.workers == 1:
+        from streaming.stt import whisper as engine
+
+        engine.load_model(*options)  # the one worker's engines use it
+        return
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+    from multiprocessing import get_context
+
+    with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
+        try:
+            pool.submit(whisper_model.try_load, *options).result()
+        except BrokenProcessPool:
+            raise ModelError("stt.whisper: the process checking the model died while loading "
+                             "it (CTranslate2 or the device's driver crashed)") from None
 
 
 def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:

@@ -169,3 +169,48 @@ def test_cuda_without_a_cuda_device_stops_startup_in_one_line(assembled: Path,
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("model error: stt.whisper.device "), lines
     assert "cpu" in lines[0]
+
+
+def junk_model_config(tmp_path: Path) -> Path:
+    """A config serving Whisper from a folder whose model.bin is not a model (port 9)."""
+    folder = tmp_path / "not-a-model"
+    folder.mkdir()
+    (folder / "model.bin").write_bytes(b"\x00" * 64)
+    config = tmp_path / "gateway.yaml"
+    config.write_text(f"server:\n  port: 9\nstt:\n  engine: whisper\n  whisper:\n"
+                      f"    model_dir: {folder}\n", encoding="utf-8")
+    return config
+
+
+def clean_environ() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k not in {"PORT", "GATEWAY_CONFIG"}}
+
+
+def test_with_several_workers_a_bad_model_still_stops_startup_in_one_line(
+    tmp_path: Path,
+) -> None:
+    config = junk_model_config(tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-m", "app", "serve", "--workers", "2", "--config", str(config)],
+        cwd=ROOT, env=clean_environ(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stdout + done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("model error: stt.whisper.model_dir "), lines
+    assert str(tmp_path / "not-a-model") in lines[0]
+
+
+def test_with_several_workers_the_supervisor_never_loads_the_model_itself(
+    tmp_path: Path,
+) -> None:
+    """The check runs in a child process: the supervisor, which serves no call, keeps no model
+    and no CUDA context (it never even imports CTranslate2)."""
+    config = junk_model_config(tmp_path)
+    script = ("import sys\nfrom app.__main__ import main\n"
+              f"code = main(['serve', '--workers', '2', '--config', {str(config)!r}])\n"
+              "print(code, sorted(m for m in ('ctranslate2', 'faster_whisper') "
+              "if m in sys.modules))\n")
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=clean_environ(),
+                          capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "2 []", done.stdout + done.stderr
+    assert done.stderr.strip().startswith("model error: stt.whisper.model_dir "), done.stderr

@@ -178,3 +178,13 @@ def _sha256(chunks: Iterable[bytes]) -> str:
     for chunk in chunks:
         digest.update(chunk)
     return digest.hexdigest()
+
+
+def try_load(model_dir: str, cache_dir: str, device: str, compute_type: str, cpu_threads: int,
+             workers: int) -> None:
+    """Load the model as the engine does, in a child process the supervisor starts for the
+    check (app/__main__.py): importable without CTranslate2, so the supervisor never loads it.
+    Raises ModelError."""
+    from streaming.stt import whisper as engine
+
+    engine.load_model(model_dir, cache_dir, device, compute_type, cpu_threads, workers)
