@@ -223,13 +223,15 @@ class _Stream:
         has not noticed, and Twilio may have resumed the call on another instance already, so
         the session stops at once rather than act on it (a reprompt, a transfer).
 
-        The frame path only counts frames; the watcher notes when the count last moved and
-        looks every eighth of the timeout, so the stop is seen between 1 and 1.25 times the
-        timeout after the last frame (looking once per timeout: up to twice it)."""
+        The frame path only counts frames; the watcher looks every eighth of the timeout and
+        notes the two looks the count last moved between, so the stop is seen between 1 and 1.25
+        times the timeout after the last frame (looking once per timeout: up to twice it), and
+        the real idle time is reported as the bounds those two looks give."""
         timeout = self.gateway.settings.call.media_timeout_seconds
         poll = min(timeout, max(MEDIA_POLL_MIN_SECONDS, timeout / 8))
         clock = asyncio.get_running_loop().time
-        seen, moved_at = session.frames, clock()
+        seen, looked = session.frames, clock()
+        moved_after = moved_at = looked  # the count last moved after one look, before the other
         while not session.finished.is_set():
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(poll):
@@ -238,14 +240,16 @@ class _Stream:
                 break
             now, frames = clock(), session.frames
             if frames != seen or session.phase is Phase.ENDING:
-                seen, moved_at = frames, now
+                seen, moved_after, moved_at = frames, looked, now
             elif now - moved_at >= timeout:
                 metrics.MEDIA_TIMEOUTS.inc()
                 logger.warning("no media for %g s: the stream is gone", timeout, extra={
                     "event": "media_stopped", "call_sid": session.call.call_sid,
-                    "idle_seconds": round(now - moved_at, 3)})
+                    "idle_at_least_seconds": round(now - moved_at, 3),
+                    "idle_at_most_seconds": round(now - moved_after, 3)})
                 await session.aclose()
                 break
+            looked = now
         await self._close_socket(1000)
 
     async def send_text(self, text: str) -> None:
