@@ -103,6 +103,17 @@ async def test_the_recognizer_is_told_once_per_utterance_when_the_caller_stopped
         assert h.recognition.speech_ends == [1100, 1100 + 2000 + 300 + FAST.endpoint_silence_ms]
 
 
+async def test_the_recognizer_is_told_once_per_utterance_when_the_caller_began() -> None:
+    """So an engine drops a cut it still waits to make (streaming/stt/google_stream.py)."""
+    async with CallHarness() as h:
+        h.audio(tone(500))
+        h.silence(FAST.endpoint_silence_ms)
+        h.silence(2000)
+        h.audio(tone(300))
+        h.silence(FAST.endpoint_silence_ms)
+        assert h.recognition.speech_starts == [0, 1]  # each before its own end
+
+
 async def test_barge_in_clears_after_the_minimum_speech_and_stops_synthesis(caplog) -> None:
     caplog.set_level(logging.INFO, logger="streaming.session")
     barge_ins = metric("gateway_stream_barge_ins_total")

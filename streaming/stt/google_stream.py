@@ -11,15 +11,16 @@ results are off), the stream is then cut at the audio fed so far. Otherwise the 
 Google's first interim (Google's interims may lag a short answer) and is made then, at the audio
 sent so far; it is dropped when the caller speaks again first (`speech_started()`) or when
 Google's own final comes first, so a noise burst Google hears nothing in costs no stream. At a
-cut, the current Google stream gets everything up to the cut, is half-closed (Google returns the final for the audio it has at once,
-then ends), and a new stream, opened at that moment, gets the audio from the cut on. Nothing is
-lost or sent twice, and the next utterance never waits for a connect. Google's own finals still
-count when they come first; a half-closed stream that breaks before its end is replaced by one that
+cut, the current Google stream gets everything up to the cut, is half-closed (Google returns
+the final for the audio it has at once, then ends), and a new stream, opened at that moment,
+gets the audio from the cut on. Nothing is lost or sent twice, and the next utterance never
+waits for a connect. A half-closed stream that breaks before its end is replaced by one that
 gets its audio again and is half-closed at once.
 
 Google ends a stream after about five minutes, so every `restart_seconds` (and once after a stream
 error) the current stream is replaced by a new one that first receives the audio no final covered.
-Result times are mapped onto one timeline (bytes fed since `open`), so they keep growing.
+Result times are mapped onto one timeline (bytes fed since `open`); a final's end is its own
+stream's (another stream's interims say nothing of it), never before an earlier final's.
 """
 
 from __future__ import annotations

@@ -40,6 +40,7 @@ class ScriptedRecognition:
         self.fed: list[bytes] = []
         self.feed_error: Exception | None = None  # raised by every `feed` once set
         self.speech_ends: list[int] = []  # audio fed (ms) each time the session said so
+        self.speech_starts: list[int] = []  # speech ends told before each start told
         self.closed = False
         self._results: asyncio.Queue[Transcript | Exception | None] = asyncio.Queue()
 
@@ -50,6 +51,9 @@ class ScriptedRecognition:
 
     def speech_ended(self) -> None:
         self.speech_ends.append(self.fed_ms)
+
+    def speech_started(self) -> None:
+        self.speech_starts.append(len(self.speech_ends))
 
     async def results(self) -> AsyncIterator[Transcript]:
         while True:
