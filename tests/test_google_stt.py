@@ -460,10 +460,11 @@ async def test_googles_own_final_still_counts_and_a_burst_after_it_is_not_cut(
         stream.speech_ended()
         await asyncio.sleep(0.2)
         assert len(speech.streams) == 1 and half_closes() == before
+        # (checked before the close: the fake takes its cancel for a half-close of the burst)
+        assert speech.streams[0].final_causes == ["endpointer"]
 
     assert [(t.text, t.start_ms, t.end_ms) for t in collector.finals] == [
         (transcript_for(fed[:8000]), 0, 1000)]
-    assert speech.streams[0].final_causes == ["endpointer"]
     assert bytes(speech.streams[0].audio) == fed + burst
 
 
