@@ -17,9 +17,7 @@ import functools
 import glob
 import os
 import re
-import shutil
-import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 
 from prometheus_client import (
     REGISTRY,
@@ -35,6 +33,7 @@ from prometheus_client import (
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
+from app.worker_dirs import shared_directory
 from streaming.metrics import ACTIVE_CALLS
 
 # prometheus_client chooses its value store from this variable when it is first imported: set,
@@ -178,21 +177,10 @@ def _registry() -> CollectorRegistry:
     return registry
 
 
-@contextlib.contextmanager
-def shared_between_workers() -> Iterator[str]:
+def shared_between_workers() -> contextlib.AbstractContextManager[str]:
     """Put the worker processes started inside in multiprocess mode, sharing one new directory
     (under $TMPDIR), removed afterwards: an instance never counts an earlier run's calls."""
-    path = tempfile.mkdtemp(prefix="voice-gateway-metrics-")
-    previous = os.environ.get(MULTIPROCESS_DIR)
-    os.environ[MULTIPROCESS_DIR] = path
-    try:
-        yield path
-    finally:
-        if previous is None:
-            del os.environ[MULTIPROCESS_DIR]
-        else:
-            os.environ[MULTIPROCESS_DIR] = previous
-        shutil.rmtree(path, ignore_errors=True)
+    return shared_directory(MULTIPROCESS_DIR, "voice-gateway-metrics-")
 
 
 def worker_exited(pid: int) -> None:

@@ -24,10 +24,8 @@ import json
 import logging
 import os
 import re
-import shutil
-import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -37,6 +35,7 @@ from twilio.request_validator import RequestValidator
 from app import metrics
 from app.config import Settings
 from app.resume import integer
+from app.worker_dirs import shared_directory
 
 logger = logging.getLogger("app.security")
 
@@ -131,21 +130,10 @@ class UsedStreamTokens:
                         os.unlink(entry.path)
 
 
-@contextlib.contextmanager
-def shared_used_tokens() -> Iterator[str]:
+def shared_used_tokens() -> contextlib.AbstractContextManager[str]:
     """A new, empty directory (under $TMPDIR) for the workers started inside to share their used
     stream tokens, removed afterwards; like the metrics' (app/metrics.py), beside it."""
-    path = tempfile.mkdtemp(prefix="voice-gateway-stream-tokens-")
-    previous = os.environ.get(USED_TOKENS_DIR)
-    os.environ[USED_TOKENS_DIR] = path
-    try:
-        yield path
-    finally:
-        if previous is None:
-            del os.environ[USED_TOKENS_DIR]
-        else:
-            os.environ[USED_TOKENS_DIR] = previous
-        shutil.rmtree(path, ignore_errors=True)
+    return shared_directory(USED_TOKENS_DIR, "voice-gateway-stream-tokens-")
 
 
 def check_stream(settings: Settings, call_sid: str, params: Mapping[str, str],
