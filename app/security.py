@@ -150,10 +150,9 @@ def check_stream(settings: Settings, call_sid: str, params: Mapping[str, str],
     if (not _TOKEN_SHAPE.fullmatch(token) or params.get("callSid") != call_sid
             or not hmac.compare_digest(token, _stream_token(settings.twilio.auth_token, params))):
         return "stream_token_invalid"
-    issued = integer(params.get(ISSUED_PARAMETER))
-    if issued is None:  # pragma: no cover - only our own TwiML makes a matching token
+    age_ms = _age_ms(params, at_ms)
+    if age_ms is None:  # pragma: no cover - only our own TwiML makes a matching token
         return "stream_token_invalid"
-    age_ms = (now_ms() if at_ms is None else at_ms) - issued
     if not -_CLOCK_SKEW_MS <= age_ms <= STREAM_TOKEN_MAX_AGE_SECONDS * 1000:
         return "stream_token_expired"
     if not used.first_use(token):
@@ -165,11 +164,17 @@ def answered_seconds_ago(params: Mapping[str, str], at_ms: int | None = None) ->
     """How long ago the TwiML that started this stream was answered, by its issued parameter; 0
     (the stream's start, then) when it has none or the clocks disagree (negative, or older than
     a stream token may be)."""
-    issued = integer(params.get(ISSUED_PARAMETER))
-    if issued is None:
+    age_ms = _age_ms(params, at_ms)
+    if age_ms is None:
         return 0.0
-    age = ((now_ms() if at_ms is None else at_ms) - issued) / 1000
+    age = age_ms / 1000
     return age if 0 <= age <= STREAM_TOKEN_MAX_AGE_SECONDS else 0.0
+
+
+def _age_ms(params: Mapping[str, str], at_ms: int | None) -> int | None:
+    """How long before `at_ms` (now) the stream's TwiML was issued; None without an issued time."""
+    issued = integer(params.get(ISSUED_PARAMETER))
+    return None if issued is None else (now_ms() if at_ms is None else at_ms) - issued
 
 
 def refuse_stream(route: str, call_sid: str, reason: StreamRefusal) -> None:
