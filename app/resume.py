@@ -46,9 +46,8 @@ class Carried:
     def read(cls, values: Mapping[str, str]) -> Carried:
         """From the Redirect's query or the stream's custom parameters. What is missing or not a
         number (TwiML from before resumes existed, the softphone) is a new call's."""
-        resumes = integer(values.get("resumes"))
         started = integer(values.get("started"))
-        return cls(0 if resumes is None else max(0, min(resumes, MOST_RESUMES)),
+        return cls(count(values.get("resumes"), MOST_RESUMES),
                    _now() if started is None else started)
 
     def params(self) -> dict[str, str]:
@@ -65,11 +64,17 @@ class Carried:
 
 def integer(raw: str | None) -> int | None:
     """A count or time from a URL's query or a stream's parameters; None when missing or not an
-    integer (the one reading of such values: app/webhooks.py, app/security.py)."""
+    integer (the one reading of such values: `count` below, app/security.py)."""
     try:
         return int(raw) if raw is not None else None
     except ValueError:
         return None
+
+
+def count(raw: str | None, most: int) -> int:
+    """A carried count (resumes, no-inputs) from a URL's query or a stream's parameters, within
+    0..`most`; 0 when missing or not an integer."""
+    return max(0, min(integer(raw) or 0, most))
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,7 +22,7 @@ from app.config import startup_warnings
 from app.gateway import Gateway
 from app.logs import redact_digits
 from app.prompts import greeting_text
-from app.resume import Carried, integer
+from app.resume import Carried, count
 from app.twiml import Urls
 from streaming.actions import plan_turn, turn_metadata
 from streaming.ports import BotError
@@ -161,7 +161,7 @@ async def resume(request: Request, gateway: Gateway, form: Form) -> str:
 async def speech(request: Request, gateway: Gateway, form: Form) -> str:
     settings, urls = gateway.settings, urls_for(request, gateway)
     call_sid = form.get("CallSid", "")
-    no_input = max(0, min(integer(request.query_params.get("noinput")) or 0, MOST_NO_INPUT))
+    no_input = count(request.query_params.get("noinput"), MOST_NO_INPUT)
     digits, spoken = form.get("Digits", "").strip(), form.get("SpeechResult", "").strip()
     text, kind = (digits, "dtmf") if digits else (spoken, "speech")
     log = _who(form)
