@@ -16,8 +16,8 @@ pool would hold one more copy of the model per process and pickle every utteranc
 
 No invented words: a single temperature (no fallback loop: on a long spoken number it took
 13-18 s per utterance), no conditioning on earlier text, a bound of tokens per second of audio
-(within the 448 the decoder holds with its prompt), and results dropped by their no-speech probability, average log-probability and compression
-ratio, so silence, noise and music (Whisper's "Gracias por ver el vídeo") never reach Rasa.
+(within the 448 the decoder holds with its prompt), and results dropped by their no-speech
+probability, average log-probability and compression ratio, so silence, noise and music (Whisper's "Gracias por ver el vídeo") never reach Rasa.
 
 When the pool falls behind (an utterance waited more than `max_queue_seconds` before a worker
 took it), that utterance is not decoded and its call's stream fails with SpeechError: the session
@@ -98,8 +98,8 @@ def prompt_length(model: WhisperModel, prompt: str | None) -> int:
     return 1 + min(len(tokens), model.max_length // 2 - 1) + 4
 
 
-def load_model(model_dir: str = "", cache_dir: str = "", device: str = "cpu",
-               compute_type: str = "int8", cpu_threads: int = 2, workers: int = 1) -> WhisperModel:
+def load_model(model_dir: str, cache_dir: str, device: str, compute_type: str,
+               cpu_threads: int, workers: int) -> WhisperModel:
     """The model the `stt.whisper` settings name, loaded once per process. Raises ModelError
     saying which setting is at fault and what to do: the command line checks it before any
     worker starts (one line and exit code 2, not a traceback per worker)."""
@@ -116,11 +116,6 @@ def _load(folder: str, device: str, compute_type: str, cpu_threads: int, workers
                             cpu_threads=cpu_threads, num_workers=workers, local_files_only=True)
     except Exception as exc:  # noqa: BLE001 - CTranslate2 and tokenizers raise several kinds
         raise ModelError(_load_problem(exc, folder, device, compute_type, user_folder)) from None
-
-
-def forget_models() -> None:
-    """Drop the models loaded in this process (the supervisor checks, its workers serve)."""
-    _load.cache_clear()
 
 
 def _load_problem(exc: Exception, folder: str, device: str, compute_type: str,
