@@ -47,19 +47,18 @@ class Recognition:
     def speech_ended(self) -> None:
         """The session's VAD saw the caller stop (once per utterance, after the audio up to
         there was fed): an engine that can finalize now does."""
-        if self._speech_ended is None or self._feed is None:
-            return
-        try:
-            self._speech_ended()
-        except Exception as exc:
-            self._broken(exc)
+        self._tell(self._speech_ended)
 
     def speech_started(self) -> None:
         """The session's VAD heard the caller begin to speak (once per utterance)."""
-        if self._speech_started is None or self._feed is None:
+        self._tell(self._speech_started)
+
+    def _tell(self, hook: Callable[[], None] | None) -> None:
+        """Call one of the engine's optional hooks, unless it has none or is broken already."""
+        if hook is None or self._feed is None:
             return
         try:
-            self._speech_started()
+            hook()
         except Exception as exc:
             self._broken(exc)
 
